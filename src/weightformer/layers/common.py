@@ -1,0 +1,55 @@
+"""Small helpers shared by the dynamic layers: input checks, pooling, bounded updates."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["check_grid", "pool_2x2", "bound_update", "to_nchw", "to_nhwc"]
+
+
+def check_grid(x: torch.Tensor, channels: int, min_size: int, layer: str) -> None:
+    """Raise a ValueError a user understands unless `x` is a (B, H, W, C) grid the layer accepts."""
+    if x.ndim != 4:
+        raise ValueError(
+            f"{layer} expects tokens on a grid of shape (batch, height, width, channels); "
+            f"got a {x.ndim}-D tensor of shape {tuple(x.shape)}."
+        )
+    if x.shape[-1] != channels:
+        raise ValueError(
+            f"{layer} was built for {channels} channels but the input has {x.shape[-1]} "
+            f"in its last dimension (shape {tuple(x.shape)}; the layout is (batch, height, width, channels))."
+        )
+    height, width = x.shape[1], x.shape[2]
+    if height < min_size or width < min_size:
+        raise ValueError(
+            f"{layer} needs a token grid of at least {min_size}x{min_size} to pool its global statistics; "
+            f"got {height}x{width}."
+        )
+
+
+def to_nchw(x: torch.Tensor) -> torch.Tensor:
+    """(B, H, W, C) -> (B, C, H, W) view (channels-last memory, no copy)."""
+    return x.permute(0, 3, 1, 2)
+
+
+def to_nhwc(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H, W, C) view."""
+    return x.permute(0, 2, 3, 1)
+
+
+def pool_2x2(x: torch.Tensor) -> torch.Tensor:
+    """2x2 average pooling with stride 2 of a (B, H, W, C) grid -> (B, ceil(H/2), ceil(W/2), C).
+
+    On even grids this is exactly the reference code's pooling. On odd grids the reference code floors,
+    silently dropping the last row/column from the statistics; we keep them instead (ceil mode), averaging
+    the partial windows over the tokens they hold, so every token contributes to the predicted weights.
+    """
+    pooled = F.avg_pool2d(to_nchw(x), kernel_size=2, stride=2, ceil_mode=True)  # (B, C, Hp, Wp)
+    return to_nhwc(pooled)
+
+
+def bound_update(delta: torch.Tensor, dims: int | tuple[int, ...]) -> torch.Tensor:
+    """delta / (||delta|| + 1), the norm taken over `dims`: amplitude bounded below 1, direction kept."""
+    norm = torch.linalg.vector_norm(delta, dim=dims, keepdim=True)
+    return delta / (norm + 1.0)

@@ -1,0 +1,195 @@
+"""Dynamic depthwise convolution: a per-sample k x k depthwise kernel K0 + dK(X), dK from global statistics.
+
+The kernel update is predicted from a pooled summary of the whole input, so each output pixel depends on every
+input pixel while the cost stays linear in H*W. The predictors studied in the WeightFormer paper are selectable
+by name; see `CONV_PREDICTORS`. Each returns an update with bounded amplitude.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import trunc_normal_
+
+from .common import bound_update, check_grid, to_nchw, to_nhwc
+
+__all__ = [
+    "DynamicDWConv2d",
+    "AdaptiveKernelPredictor",
+    "GapKernelPredictor",
+    "AmpDirKernelPredictor",
+    "ConvKernelPredictor",
+    "CONV_PREDICTORS",
+    "per_sample_depthwise_conv",
+]
+
+
+class AdaptiveKernelPredictor(nn.Module):
+    """ "Spatially adaptive" prediction (the released models'): each tap is predicted from its own region.
+
+    X_p = AdaptiveAvgPool_{k x k}(X)                       (B, C, k, k): tap (i, j) sees region (i, j)
+    dK  = Conv1x1(GELU(Conv1x1(X_p) + c))                  (B, C, k, k), no bias on the second conv
+    dK <- dK / (||dK||_F + 1)                              per sample and channel, over the k*k taps
+    """
+
+    def __init__(self, channels: int, kernel_size: int = 3) -> None:
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.min_grid = kernel_size
+        self.fc1 = nn.Conv2d(channels, channels, 1)
+        self.act = nn.GELU()
+        self.fc2 = nn.Conv2d(channels, channels, 1, bias=False)
+
+    def unbounded(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, H, W, C) -> the raw prediction (B, C, k, k), before normalisation."""
+        pooled = F.adaptive_avg_pool2d(to_nchw(x), self.kernel_size)  # (B, C, k, k)
+        return self.fc2(self.act(self.fc1(pooled)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, H, W, C) -> dK: (B, C, k, k)."""
+        return bound_update(self.unbounded(x), dims=(-2, -1))
+
+
+class GapKernelPredictor(nn.Module):
+    """Global-average-pooling prediction: all k*k taps come from one global statistic.
+
+        g   = mean over H, W of X                              (B, C)
+        h   = GELU(g A + a)                                    (B, C)
+        dK[c, t] = h[c] * E[c, t] + e[c, t]                    (B, C, k, k), E: a learned per-channel tap pattern
+        dK <- dK / (||dK||_F + 1)
+
+    The shape of each channel's update is fixed; only its amplitude and sign depend on the input.
+    """
+
+    def __init__(self, channels: int, kernel_size: int = 3) -> None:
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.min_grid = 1
+        self.fc1 = nn.Conv2d(channels, channels, 1)
+        self.act = nn.GELU()
+        self.taps = nn.Conv2d(channels, channels * kernel_size**2, 1, groups=channels)  # E and e
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, H, W, C) -> dK: (B, C, k, k)."""
+        g = x.mean(dim=(1, 2))[:, :, None, None]  # (B, C, 1, 1)
+        delta = self.taps(self.act(self.fc1(g)))  # (B, C*k*k, 1, 1)
+        delta = delta.reshape(x.shape[0], -1, self.kernel_size, self.kernel_size)  # (B, C, k, k)
+        return bound_update(delta, dims=(-2, -1))
+
+
+class AmpDirKernelPredictor(nn.Module):
+    """Decoupled amplitude and direction.
+
+        D   = Conv1x1(GELU(Conv1x1(AdaptiveAvgPool_{k x k}(X))))   (B, C, k, k), the direction
+        a   = sigmoid(Conv1x1(GELU(Conv1x1(GAP(X)))))               (B, C, 1, 1), the amplitude in (0, 1)
+        dK  = a * D / ||D||_F
+
+    The amplitude of the update is predicted explicitly (from global averages) instead of being the
+    bounded norm of one prediction.
+    """
+
+    def __init__(self, channels: int, kernel_size: int = 3) -> None:
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.min_grid = kernel_size
+        self.direction = AdaptiveKernelPredictor(channels, kernel_size)
+        self.amp_fc1 = nn.Conv2d(channels, channels, 1)
+        self.amp_act = nn.GELU()
+        self.amp_fc2 = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, H, W, C) -> dK: (B, C, k, k)."""
+        d = self.direction.unbounded(x)  # (B, C, k, k)
+        d = d / torch.linalg.vector_norm(d, dim=(-2, -1), keepdim=True).clamp_min(1e-6)  # unit direction
+        g = x.mean(dim=(1, 2))[:, :, None, None]  # (B, C, 1, 1)
+        amplitude = torch.sigmoid(self.amp_fc2(self.amp_act(self.amp_fc1(g))))  # (B, C, 1, 1)
+        return amplitude * d
+
+
+class ConvKernelPredictor(nn.Module):
+    """Convolutional prediction: like "adaptive", but a depthwise k x k conv over the pooled map first, so
+    each tap's update also sees the neighbouring regions.
+
+        X_p = AdaptiveAvgPool_{k x k}(X)                          (B, C, k, k)
+        dK  = Conv1x1(GELU(Conv1x1(DWConv_{k x k}(X_p))))         zero padding, k x k map kept
+        dK <- dK / (||dK||_F + 1)
+    """
+
+    def __init__(self, channels: int, kernel_size: int = 3) -> None:
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.min_grid = kernel_size
+        self.spatial = nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2, groups=channels)
+        self.fc1 = nn.Conv2d(channels, channels, 1)
+        self.act = nn.GELU()
+        self.fc2 = nn.Conv2d(channels, channels, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, H, W, C) -> dK: (B, C, k, k)."""
+        pooled = F.adaptive_avg_pool2d(to_nchw(x), self.kernel_size)  # (B, C, k, k)
+        return bound_update(self.fc2(self.act(self.fc1(self.spatial(pooled)))), dims=(-2, -1))
+
+
+CONV_PREDICTORS = {
+    "gap": GapKernelPredictor,
+    "adaptive": AdaptiveKernelPredictor,
+    "amp_dir": AmpDirKernelPredictor,
+    "conv": ConvKernelPredictor,
+}
+
+
+def per_sample_depthwise_conv(x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """Depthwise convolution with a different kernel per sample, 'same' zero padding.
+
+    x: (B, H, W, C), kernel: (B, C, k, k), bias: (C,) -> (B, H, W, C). The plain PyTorch statement of the
+    math: one grouped convolution with B*C groups.
+    """
+    batch, height, width, channels = x.shape
+    k = kernel.shape[-1]
+    stacked = to_nchw(x).reshape(1, batch * channels, height, width)  # (1, B*C, H, W)
+    weight = kernel.reshape(batch * channels, 1, k, k).to(stacked.dtype)
+    y = F.conv2d(stacked, weight, padding=k // 2, groups=batch * channels)  # (1, B*C, H, W)
+    y = to_nhwc(y.reshape(batch, channels, height, width))  # (B, H, W, C)
+    return y if bias is None else y + bias
+
+
+class DynamicDWConv2d(nn.Module):
+    """Depthwise k x k convolution with per-sample kernel K0 + dK(X) and a static bias.
+
+    Takes and returns tokens on a grid, (B, H, W, C), channels last like the rest of WeightFormer.
+    `static_weight` (C, 1, k, k) and `bias` (C,) hold K0 and b.
+
+    Args:
+        channels: C.
+        kernel_size: k (odd).
+        predictor: name in `CONV_PREDICTORS`: "gap", "adaptive", "amp_dir" or "conv".
+    """
+
+    def __init__(self, channels: int, kernel_size: int = 3, predictor: str = "adaptive") -> None:
+        super().__init__()
+        if predictor not in CONV_PREDICTORS:
+            raise ValueError(f"Unknown dynamic conv predictor {predictor!r}; choose one of {sorted(CONV_PREDICTORS)}.")
+        if kernel_size % 2 != 1:
+            raise ValueError(f"kernel_size must be odd, got {kernel_size}.")
+        self.channels = channels
+        self.kernel_size = kernel_size
+        self.predictor_name = predictor
+        self.static_weight = nn.Parameter(torch.empty(channels, 1, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.empty(channels))
+        self.predictor = CONV_PREDICTORS[predictor](channels, kernel_size)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # K0 and b: truncated normal, std 0.02, as in the release. The predictor keeps PyTorch's default init.
+        trunc_normal_(self.static_weight, std=0.02)
+        trunc_normal_(self.bias, std=0.02)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, kernel_size={self.kernel_size}, predictor={self.predictor_name}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, H, W, C) -> (B, H, W, C)."""
+        check_grid(x, self.channels, self.predictor.min_grid, type(self).__name__)
+        kernel = self.static_weight.squeeze(1) + self.predictor(x)  # (B, C, k, k)
+        return per_sample_depthwise_conv(x, kernel, self.bias)

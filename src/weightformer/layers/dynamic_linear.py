@@ -1,0 +1,175 @@
+"""Dynamic linear layer: y = X (W0 + dW(X)) + b, with dW predicted from compressed global statistics.
+
+WeightFormer (He, Han, Huang, "Linear-Time Global Visual Modeling without Explicit Attention", 2026) reads
+softmax attention as an MLP whose weights are predicted from the input, and replaces it by layers whose weights
+are a static part plus an update predicted from length-independent statistics of the whole input. Every step
+here is linear in the number of tokens N = H*W, yet every output token depends on every input token.
+
+All predictors share one form: tokens are pooled, each pooled token x_p gives an input-side factor
+phi_in(x_p) (C) and an output-side factor phi_out(x_p) (D), and the update is the sum of their outer products,
+
+    dW = sum_p phi_in(x_p)^T phi_out(x_p) * C^(-1/2) / N          (C x D, stored here transposed, D x C)
+
+followed by column normalisation dW[:, j] <- dW[:, j] / (||dW[:, j]|| + 1) (bounded amplitude, direction kept).
+They differ in the statistics (pooled tokens or one global average) and the factor maps; see `LINEAR_PREDICTORS`.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import trunc_normal_
+
+from .common import bound_update, check_grid, pool_2x2
+
+__all__ = ["DynamicLinear", "OuterProductPredictor", "LINEAR_PREDICTORS"]
+
+
+class OuterProductPredictor(nn.Module):
+    """Predicts a bounded weight update dW (B, D, C) as a sum of outer products of pooled-token factors.
+
+    With r the reduction rate, C_r = C / r and D_r = D / r, each pooled token x_p (C) is projected to
+    [u | v] = x_p A + a (C_r + D_r), optionally through a hidden layer first (`depth=2`), and
+
+        phi_in(x_p)  = act_in(u) W1     W1: (C_r, C)   "input basis"
+        phi_out(x_p) = act_out(v) W2    W2: (D_r, D)   "output basis"
+
+    where act_in / act_out are SiLU or the identity.
+
+    Args:
+        in_features: C.
+        out_features: D.
+        reduction: r; C and D must both be divisible by it.
+        statistics: "pooled" (2x2 average pooling, stride 2, sum over the pooled tokens divided by the
+            *unpooled* token count N, as the released models do) or "global" (one globally averaged token).
+        act_in: apply SiLU to u.
+        act_out: apply SiLU to v.
+        depth: 1 for a single projection A, 2 for SiLU(x A' + a') A + a.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        reduction: int = 4,
+        statistics: str = "pooled",
+        act_in: bool = True,
+        act_out: bool = True,
+        depth: int = 1,
+    ) -> None:
+        super().__init__()
+        if in_features % reduction or out_features % reduction:
+            raise ValueError(
+                f"in_features ({in_features}) and out_features ({out_features}) must be divisible by "
+                f"the reduction rate {reduction}."
+            )
+        if statistics not in ("pooled", "global"):
+            raise ValueError(f"statistics must be 'pooled' or 'global', got {statistics!r}.")
+        if depth not in (1, 2):
+            raise ValueError(f"depth must be 1 or 2, got {depth}.")
+        self.in_features = in_features
+        self.out_features = out_features
+        self.in_rank = in_features // reduction
+        self.out_rank = out_features // reduction
+        self.statistics = statistics
+        self.act_in = act_in
+        self.act_out = act_out
+        # A 2x2 pooling needs at least a 2x2 grid; a global average works on any grid.
+        self.min_grid = 2 if statistics == "pooled" else 1
+        width = self.in_rank + self.out_rank
+        self.hidden = nn.Linear(in_features, in_features) if depth == 2 else None
+        self.proj = nn.Linear(in_features, width)
+        self.input_basis = nn.Parameter(torch.empty(self.in_rank, in_features))
+        self.output_basis = nn.Parameter(torch.empty(self.out_rank, out_features))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for linear in (self.hidden, self.proj):
+            if linear is not None:
+                trunc_normal_(linear.weight, std=0.02)
+                nn.init.zeros_(linear.bias)
+        trunc_normal_(self.input_basis, std=0.02)
+        trunc_normal_(self.output_basis, std=0.02)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, H, W, C) -> dW: (B, D, C), column-bounded."""
+        num_tokens = x.shape[1] * x.shape[2]
+        if self.statistics == "pooled":
+            pooled = pool_2x2(x).flatten(1, 2)  # (B, Np, C)
+            norm = num_tokens  # the reference divides by the unpooled count N, not Np
+        else:
+            pooled = x.mean(dim=(1, 2)).unsqueeze(1)  # (B, 1, C)
+            norm = 1
+        if self.hidden is not None:
+            pooled = F.silu(self.hidden(pooled))
+        u, v = self.proj(pooled).split([self.in_rank, self.out_rank], dim=-1)  # (B, Np, C_r), (B, Np, D_r)
+        if self.act_in:
+            u = F.silu(u)
+        if self.act_out:
+            v = F.silu(v)
+        p = u @ self.input_basis  # (B, Np, C)
+        q = v @ self.output_basis  # (B, Np, D)
+        delta = q.transpose(1, 2) @ p  # (B, D, C)
+        delta = delta * (self.in_features**-0.5 / norm)
+        # Each output column j of dW (C x D) is a row here: normalise over the C inputs.
+        return bound_update(delta, dims=-1)
+
+
+LINEAR_PREDICTORS = {
+    # First-order statistics: one global average token gives a rank-1 update.
+    "gap": partial(OuterProductPredictor, statistics="global"),
+    # Second-order statistics with linear factor maps: dW is a linear function of sum_p x_p^T x_p.
+    "linear": partial(OuterProductPredictor, act_in=False, act_out=False),
+    # One-sided nonlinearity: SiLU on the input-side factor only.
+    "nonlinear": partial(OuterProductPredictor, act_out=False),
+    # Bilateral activation behind a deeper (two-layer) token projection.
+    "deep": partial(OuterProductPredictor, depth=2),
+    # The released models' predictor: SiLU on both factors ("bilateral activation").
+    "bilateral": OuterProductPredictor,
+}
+
+
+class DynamicLinear(nn.Module):
+    """A linear layer whose weight is W0 + dW(X), dW predicted per sample from global statistics of X.
+
+    Takes tokens on a grid, (B, H, W, C), any H and W the predictor can pool (H, W >= 2 for the pooled
+    predictors), and returns (B, H, W, D). `static_weight` is stored in nn.Linear's (out, in) layout; the
+    release stores it input-major and is transposed at load time.
+
+    Args:
+        in_features: C.
+        out_features: D.
+        predictor: name in `LINEAR_PREDICTORS`: "gap", "linear", "nonlinear", "deep" or "bilateral".
+        reduction: rank reduction r of the predictor's factors.
+    """
+
+    def __init__(self, in_features: int, out_features: int, predictor: str = "bilateral", reduction: int = 4):
+        super().__init__()
+        if predictor not in LINEAR_PREDICTORS:
+            raise ValueError(
+                f"Unknown dynamic linear predictor {predictor!r}; choose one of {sorted(LINEAR_PREDICTORS)}."
+            )
+        self.in_features = in_features
+        self.out_features = out_features
+        self.predictor_name = predictor
+        self.static_weight = nn.Parameter(torch.empty(out_features, in_features))
+        self.bias = nn.Parameter(torch.empty(out_features))
+        self.predictor = LINEAR_PREDICTORS[predictor](in_features, out_features, reduction=reduction)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # The release initialises W0 *and* b with a truncated normal (std 0.02); b is not zero.
+        trunc_normal_(self.static_weight, std=0.02)
+        trunc_normal_(self.bias, std=0.02)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, predictor={self.predictor_name}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, H, W, C) -> (B, H, W, D)."""
+        check_grid(x, self.in_features, self.predictor.min_grid, type(self).__name__)
+        weight = self.static_weight + self.predictor(x)  # (B, D, C)
+        return torch.einsum("bhwc,bdc->bhwd", x, weight) + self.bias

@@ -1,0 +1,259 @@
+"""The dynamic layers and the attention identity against plain float64 statements of their formulas."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from reference import (
+    adaptive_kernel_update_ref,
+    adaptive_pool_ref,
+    bound_kernel,
+    depthwise_conv_ref,
+    dynamic_linear_ref,
+    gelu_ref,
+    outer_product_update_ref,
+)
+from weightformer.analysis.flops import count_macs
+from weightformer.layers import (
+    CONV_PREDICTORS,
+    LINEAR_PREDICTORS,
+    DynamicDWConv2d,
+    DynamicLinear,
+    attention_as_dynamic_mlp,
+    attention_mlp_weights,
+)
+
+ODD_GRIDS = [(7, 5), (3, 9), (6, 4), (5, 5)]
+
+
+def _randomise(module: torch.nn.Module, seed: int = 0) -> None:
+    """Non-trivial values everywhere, so no term of a formula can hide behind an init of zero."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.3)
+
+
+# -- dynamic linear ------------------------------------------------------------------------------------------
+
+LINEAR_REF_FLAGS = {
+    "gap": dict(statistics="global"),
+    "linear": dict(act_in=False, act_out=False),
+    "nonlinear": dict(act_out=False),
+    "deep": dict(),
+    "bilateral": dict(),
+}
+
+
+@pytest.mark.parametrize("predictor", sorted(LINEAR_PREDICTORS))
+@pytest.mark.parametrize("grid", ODD_GRIDS)
+def test_dynamic_linear_matches_float64_reference(predictor, grid):
+    torch.manual_seed(0)
+    c, d = 12, 20
+    layer = DynamicLinear(c, d, predictor=predictor).double()
+    _randomise(layer)
+    x = torch.randn(3, *grid, c, dtype=torch.float64)
+    pred = layer.predictor
+    hidden = (pred.hidden.weight, pred.hidden.bias) if pred.hidden is not None else None
+    delta = outer_product_update_ref(
+        x,
+        pred.proj.weight,
+        pred.proj.bias,
+        pred.input_basis,
+        pred.output_basis,
+        hidden=hidden,
+        **LINEAR_REF_FLAGS[predictor],
+    )
+    expected = dynamic_linear_ref(x, layer.static_weight.t(), layer.bias, delta)
+    torch.testing.assert_close(layer(x), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_dynamic_linear_update_is_column_bounded_and_input_dependent():
+    torch.manual_seed(1)
+    layer = DynamicLinear(16, 32)
+    _randomise(layer)
+    x = torch.randn(4, 6, 8, 16) * 5
+    delta = layer.predictor(x)  # (B, D, C): row j is column j of the SPEC's dW
+    assert delta.shape == (4, 32, 16)
+    assert (torch.linalg.vector_norm(delta, dim=-1) < 1).all()
+    assert not torch.allclose(delta[0], delta[1])
+
+
+def test_dynamic_linear_divides_by_unpooled_token_count():
+    # Sum over the Np pooled tokens, divided by N = H*W: scaling the pre-normalisation update by 4 on a 2x
+    # upsampled (repeated) grid would break if the code divided by Np instead.
+    torch.manual_seed(2)
+    layer = DynamicLinear(8, 16).double()
+    _randomise(layer)
+    x = torch.randn(2, 4, 4, 8, dtype=torch.float64)
+    tiled = x.repeat(1, 2, 2, 1)  # same pooled statistics twice over in each direction -> 4x the tokens
+    pred = layer.predictor
+    raw = outer_product_update_ref(x, pred.proj.weight, pred.proj.bias, pred.input_basis, pred.output_basis)
+    raw_tiled = outer_product_update_ref(tiled, pred.proj.weight, pred.proj.bias, pred.input_basis, pred.output_basis)
+    torch.testing.assert_close(raw, raw_tiled)  # 4x the pooled tokens, 4x N: the same update
+    torch.testing.assert_close(layer.predictor(tiled), layer.predictor(x))
+
+
+# -- dynamic depthwise conv ----------------------------------------------------------------------------------
+
+
+def _conv_update_ref(predictor, x):
+    """dK (B, C, k, k) for each conv predictor, written from its docstring formula."""
+    k = predictor.kernel_size
+    if isinstance(predictor, CONV_PREDICTORS["adaptive"]):
+        return bound_kernel(
+            adaptive_kernel_update_ref(x, predictor.fc1.weight, predictor.fc1.bias, predictor.fc2.weight, k)
+        )
+    if isinstance(predictor, CONV_PREDICTORS["gap"]):
+        g = x.mean(dim=(1, 2))
+        h = gelu_ref(g @ predictor.fc1.weight.flatten(1).t() + predictor.fc1.bias)  # (B, C)
+        taps = predictor.taps.weight.reshape(-1, k * k)  # (C, k*k): E
+        delta = h[:, :, None] * taps + predictor.taps.bias.reshape(-1, k * k)
+        return bound_kernel(delta.reshape(x.shape[0], -1, k, k))
+    if isinstance(predictor, CONV_PREDICTORS["amp_dir"]):
+        direction = predictor.direction
+        d = adaptive_kernel_update_ref(x, direction.fc1.weight, direction.fc1.bias, direction.fc2.weight, k)
+        d = d / d.pow(2).sum(dim=(-2, -1), keepdim=True).sqrt()
+        g = x.mean(dim=(1, 2))
+        a = gelu_ref(g @ predictor.amp_fc1.weight.flatten(1).t() + predictor.amp_fc1.bias)
+        a = torch.sigmoid(a @ predictor.amp_fc2.weight.flatten(1).t() + predictor.amp_fc2.bias)
+        return a[:, :, None, None] * d
+    if isinstance(predictor, CONV_PREDICTORS["conv"]):
+        pooled = adaptive_pool_ref(x, k).permute(0, 2, 3, 1)  # (B, k, k, C)
+        spatial = depthwise_conv_ref(pooled, predictor.spatial.weight[:, 0], predictor.spatial.bias)
+        h = torch.einsum("bijc,oc->boij", spatial, predictor.fc1.weight.flatten(1)) + predictor.fc1.bias[:, None, None]
+        delta = torch.einsum("bcij,oc->boij", gelu_ref(h), predictor.fc2.weight.flatten(1))
+        return bound_kernel(delta)
+    raise AssertionError(f"no reference for {type(predictor).__name__}")
+
+
+@pytest.mark.parametrize("predictor", sorted(CONV_PREDICTORS))
+@pytest.mark.parametrize("grid", [(7, 5), (3, 9), (6, 4), (11, 13)])
+def test_dynamic_dwconv_matches_float64_reference(predictor, grid):
+    torch.manual_seed(0)
+    c = 10
+    layer = DynamicDWConv2d(c, predictor=predictor).double()
+    _randomise(layer)
+    x = torch.randn(3, *grid, c, dtype=torch.float64)
+    kernel = layer.static_weight[:, 0] + _conv_update_ref(layer.predictor, x)
+    expected = depthwise_conv_ref(x, kernel, layer.bias)
+    torch.testing.assert_close(layer(x), expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("predictor", sorted(CONV_PREDICTORS))
+def test_dynamic_dwconv_update_is_bounded(predictor):
+    torch.manual_seed(3)
+    layer = DynamicDWConv2d(8, predictor=predictor)
+    _randomise(layer)
+    delta = layer.predictor(torch.randn(2, 9, 7, 8) * 10)
+    assert delta.shape == (2, 8, 3, 3)
+    assert (torch.linalg.vector_norm(delta, dim=(-2, -1)) < 1 + 1e-6).all()
+
+
+# -- properties every predictor must have --------------------------------------------------------------------
+
+ALL_LAYERS = [("linear", name) for name in sorted(LINEAR_PREDICTORS)] + [
+    ("conv", name) for name in sorted(CONV_PREDICTORS)
+]
+
+
+def _make(kind: str, predictor: str) -> torch.nn.Module:
+    return DynamicLinear(16, 24, predictor=predictor) if kind == "linear" else DynamicDWConv2d(16, predictor=predictor)
+
+
+@pytest.mark.parametrize("kind,predictor", ALL_LAYERS)
+def test_gradients_reach_every_parameter(kind, predictor):
+    torch.manual_seed(4)
+    layer = _make(kind, predictor)
+    _randomise(layer)
+    x = torch.randn(2, 7, 5, 16, requires_grad=True)
+    layer(x).pow(2).sum().backward()
+    for name, p in layer.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("kind,predictor", ALL_LAYERS)
+def test_cost_is_linear_in_token_count(kind, predictor):
+    layer = _make(kind, predictor)
+
+    class Wrap(torch.nn.Module):  # count_macs feeds (B, *input_size)
+        def __init__(self):
+            super().__init__()
+            self.layer = layer
+
+        def forward(self, x):
+            return self.layer(x)
+
+    # cost(N) = a*N + b: the same marginal cost per token from 24x24 to 48x48 as from 48x48 to 96x96
+    # (b is the predictors' fixed cost on their length-independent statistics).
+    costs = {s: count_macs(Wrap(), (s, s, 16)).total for s in (24, 48, 96)}
+    per_token_low = (costs[48] - costs[24]) / (48**2 - 24**2)
+    per_token_high = (costs[96] - costs[48]) / (96**2 - 48**2)
+    assert per_token_high == pytest.approx(per_token_low, rel=1e-3)
+    assert costs[96] / costs[48] <= 4.0 + 1e-9
+
+
+@pytest.mark.parametrize("kind,predictor", ALL_LAYERS)
+def test_every_output_depends_on_every_input(kind, predictor):
+    # The global receptive field of one dynamic layer: the far corner moves the opposite corner.
+    torch.manual_seed(5)
+    layer = _make(kind, predictor).double()
+    _randomise(layer)
+    x = torch.randn(1, 9, 11, 16, dtype=torch.float64, requires_grad=True)
+    layer(x)[0, 0, 0].sum().backward()
+    assert x.grad[0, -1, -1].abs().sum() > 0
+
+
+# -- errors --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_layer_errors_are_clear(kind):
+    layer = _make(kind, "bilateral" if kind == "linear" else "adaptive")
+    with pytest.raises(ValueError, match="got a 3-D tensor"):
+        layer(torch.randn(2, 49, 16))
+    with pytest.raises(ValueError, match="built for 16 channels but the input has 8"):
+        layer(torch.randn(2, 7, 7, 8))
+    with pytest.raises(ValueError, match="at least"):
+        layer(torch.randn(2, 1, 7, 16))
+
+
+def test_unknown_predictor_names_the_choices():
+    with pytest.raises(ValueError, match="bilateral"):
+        DynamicLinear(8, 8, predictor="nope")
+    with pytest.raises(ValueError, match="adaptive"):
+        DynamicDWConv2d(8, predictor="nope")
+
+
+# -- attention as a dynamic MLP ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+def test_attention_as_dynamic_mlp_equals_sdpa(dtype, tol):
+    torch.manual_seed(6)
+    q = torch.randn(2, 3, 7, 5, dtype=dtype)
+    k = torch.randn(2, 3, 11, 5, dtype=dtype)
+    v = torch.randn(2, 3, 11, 9, dtype=dtype)
+    torch.testing.assert_close(
+        attention_as_dynamic_mlp(q, k, v), F.scaled_dot_product_attention(q, k, v), rtol=tol, atol=tol
+    )
+    torch.testing.assert_close(
+        attention_as_dynamic_mlp(q, k, v, scale=0.37),
+        F.scaled_dot_product_attention(q, k, v, scale=0.37),
+        rtol=tol,
+        atol=tol,
+    )
+
+
+def test_attention_mlp_weights_are_scaled_keys_and_values():
+    k = torch.randn(13, 6)
+    v = torch.randn(13, 4)
+    weights = attention_mlp_weights(k, v)
+    assert weights.first.shape == (6, 13)  # d x N: one hidden unit per token, the quadratic cost
+    torch.testing.assert_close(weights.first, k.t() / math.sqrt(6))
+    assert weights.second is v
