@@ -1,0 +1,1 @@
+"""The `weightformer` command line: a thin shell over library functions."""
