@@ -188,7 +188,7 @@ class WeightFormer(nn.Module):
         self.grad_checkpointing = False
 
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
-        rates = torch.linspace(0, drop_path_rate, depth).tolist()
+        rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # plain floats: meta-device safe
         self.blocks = nn.Sequential(
             *[
                 Block(
@@ -282,7 +282,7 @@ class WeightFormer(nn.Module):
                 raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}.")
             self.global_pool = global_pool
         self.num_classes = num_classes
-        device = self.norm.weight.device
+        device = self.patch_embed.proj.weight.device
         self.head = nn.Linear(self.embed_dim, num_classes, device=device) if num_classes > 0 else nn.Identity()
 
     def forward_intermediates(
