@@ -8,10 +8,10 @@ import sys
 import pytest
 import timm
 import torch
-from reference import release_forward_ref, release_state_dict
 from safetensors.torch import save_file
 
 import weightformer
+from reference import release_forward_ref, release_state_dict
 from weightformer import CheckpointMismatchError, WeightFormer, checkpoint_filter_fn, load_checkpoint
 
 
