@@ -1,0 +1,154 @@
+"""Evaluation (top-1 / top-5, loss, throughput) and prediction, for our checkpoints and the release's."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
+
+from ..models import create_model, load_checkpoint, read_state_dict
+from .data import EpochSampler, FolderDataset, check_splits, eval_transform, make_loader, warn_skipped
+
+__all__ = ["evaluate", "load_model_for_eval", "evaluate_folder", "predict", "class_names_for"]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Any, device: torch.device | str = "cpu",
+             amp_dtype: torch.dtype | None = None) -> dict[str, float]:
+    """Top-1 / top-5 accuracy (%), mean cross-entropy and images/s of `model` over `loader`.
+
+    `loader` yields (images (B, 3, H, W), targets (B,)[, skipped]). Under torch.distributed the counts are
+    summed over processes, so each process may see its own share of the images.
+    """
+    device = torch.device(device)
+    model.eval()
+    totals = torch.zeros(5, dtype=torch.float64, device=device)  # correct@1, correct@5, loss sum, count, skipped
+    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
+    start = time.perf_counter()
+    for batch in loader:
+        images, targets = batch[0].to(device), batch[1].to(device)
+        if len(batch) > 2 and batch[2]:
+            warn_skipped(batch[2])
+            totals[4] += len(batch[2])
+        if images.numel() == 0:
+            continue
+        with autocast:
+            logits = model(images)  # (B, K)
+        logits = logits.float()
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices  # (B, 5)
+        hits = top == targets[:, None]
+        totals[0] += hits[:, 0].sum()
+        totals[1] += hits.any(dim=1).sum()
+        totals[2] += F.cross_entropy(logits, targets, reduction="sum")
+        totals[3] += len(targets)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elapsed = time.perf_counter() - start
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(totals)
+    correct1, correct5, loss_sum, count, skipped = totals.tolist()
+    if count == 0:
+        raise ValueError("No readable images to evaluate.")
+    return {
+        "top1": 100.0 * correct1 / count,
+        "top5": 100.0 * correct5 / count,
+        "loss": loss_sum / count,
+        "images": int(count),
+        "skipped_images": int(skipped),
+        "images_per_second": count / elapsed,
+    }
+
+
+def load_model_for_eval(checkpoint: str | Path, model_name: str | None = None, img_size: int | None = None,
+                        num_classes: int | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Build the model a checkpoint holds and load it; return (model, info with class_names and img_size).
+
+    Our training checkpoints say which model they hold; for the release's files name it with `model_name`
+    (e.g. "weightformer_tiny"; the class count comes from the head's shape).
+    """
+    state = read_state_dict(checkpoint)
+    config = state.get("config", {}) if isinstance(state, dict) else {}
+    kwargs = dict(config.get("model_kwargs", {}))
+    name = model_name or config.get("model")
+    if name is None:
+        raise ValueError(f"{checkpoint} does not say which model it holds: pass the model name (e.g. "
+                         "--model weightformer_tiny).")
+    weights = state.get("model", state)
+    if num_classes is None:
+        head = weights.get("head.weight")
+        num_classes = head.shape[0] if head is not None else 1000
+    size = img_size or config.get("img_size")
+    if config:
+        kwargs["img_size"] = config["img_size"]
+    model = create_model(name, num_classes=num_classes, **kwargs)
+    load_checkpoint(model, weights)
+    size = size or model.pretrained_cfg["input_size"][-1]
+    return model, {"class_names": state.get("class_names"), "img_size": size, "model": name}
+
+
+def class_names_for(num_classes: int, stored: Sequence[str] | None = None,
+                    data_dir: str | Path | None = None, split: str = "val") -> list[str]:
+    """Class names: stored in the checkpoint, else the dataset's folders, else ImageNet's for 1000 classes."""
+    if stored:
+        return list(stored)
+    if data_dir is not None:
+        return check_splits(data_dir, None, split)
+    if num_classes == 1000:
+        from timm.data import ImageNetInfo
+
+        info = ImageNetInfo()
+        return [info.index_to_description(i) for i in range(1000)]
+    return [f"class {i}" for i in range(num_classes)]
+
+
+def evaluate_folder(checkpoint: str | Path, data_dir: str | Path, split: str = "val", model_name: str | None = None,
+                    img_size: int | None = None, batch_size: int = 128, workers: int = 4, device: str = "auto",
+                    crop_pct: float | None = None, amp: bool = True) -> dict[str, Any]:
+    """Evaluate a checkpoint on `<data_dir>/<split>/<class>/*` with the release's evaluation transform."""
+    classes = check_splits(data_dir, None, split)
+    model, info = load_model_for_eval(checkpoint, model_name, img_size)
+    if model.num_classes != len(classes):
+        raise ValueError(f"{checkpoint} classifies {model.num_classes} classes but {Path(data_dir) / split} has "
+                         f"{len(classes)} class folders.")
+    device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                          "cpu" if device == "auto" else device)
+    cfg = model.pretrained_cfg
+    transform = eval_transform(info["img_size"], crop_pct or cfg.get("crop_pct", 224 / 256),
+                               cfg.get("interpolation", "bicubic"), cfg["mean"], cfg["std"])
+    dataset = FolderDataset(str(Path(data_dir) / split), transform=transform)
+    loader = make_loader(dataset, EpochSampler(len(dataset), shuffle=False, drop_remainder=False), batch_size,
+                         workers, train=False, pin_memory=device.type == "cuda")
+    amp_dtype = torch.bfloat16 if amp and device.type == "cuda" else None
+    metrics = evaluate(model.to(device), loader, device, amp_dtype)
+    return {**metrics, "img_size": info["img_size"], "model": info["model"], "checkpoint": str(checkpoint)}
+
+
+@torch.no_grad()
+def predict(checkpoint: str | Path, images: Sequence[str | Path], model_name: str | None = None,
+            img_size: int | None = None, data_dir: str | Path | None = None, top_k: int = 5
+            ) -> list[list[tuple[str, float]]]:
+    """Top-k (class name, probability) for each image file."""
+    model, info = load_model_for_eval(checkpoint, model_name, img_size)
+    names = class_names_for(model.num_classes, info["class_names"], data_dir)
+    cfg = model.pretrained_cfg
+    transform = eval_transform(info["img_size"], cfg.get("crop_pct", 224 / 256), cfg.get("interpolation", "bicubic"),
+                               cfg["mean"], cfg["std"])
+    model.eval()
+    results = []
+    for path in images:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"No image file at {path}.")
+        with Image.open(path) as image:
+            x = transform(image.convert("RGB"))[None]  # (1, 3, H, W)
+        probs = model(x).softmax(dim=-1)[0]  # (K,)
+        values, indices = probs.topk(min(top_k, len(probs)))
+        results.append([(names[i], v) for i, v in zip(indices.tolist(), values.tolist(), strict=True)])
+    return results

@@ -1,0 +1,115 @@
+"""The embedded default dataset: "which shape is left of which", generated procedurally, no download.
+
+Every image holds two shapes (circle, square or triangle) side by side; the class is the ordered pair
+(left shape, right shape), 9 classes. Colours of shapes and background, sizes and positions are random and
+independent of the class, so colour statistics say nothing: a model has to recognise shapes, and has to relate
+them in space to tell "circle left of square" from "square left of circle".
+
+The dataset is written once, as PNG files in the ImageNet folder layout (`train/<class>/*.png`,
+`val/<class>/*.png`), to a cache folder keyed by version and seed, so training on it exercises exactly the code
+path of real data. Generation is deterministic by seed (pixel-identical across runs) and atomic: it is written
+to a temporary folder and renamed into place, so a crash mid-way never leaves a half dataset behind.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+__all__ = ["SHAPES", "CLASS_NAMES", "VERSION", "default_cache_root", "render_example", "make_synthetic_dataset"]
+
+# Bump when the images a seed produces change, so old caches are not reused.
+VERSION = 2
+SHAPES = ("circle", "square", "triangle")
+CLASS_NAMES = tuple(f"{left}-left-of-{right}" for left in SHAPES for right in SHAPES)
+_SUPERSAMPLE = 4  # draw at 4x and downsample: anti-aliased edges, so shapes are not told apart by aliasing
+
+
+def default_cache_root() -> Path:
+    """$WEIGHTFORMER_CACHE, else $XDG_CACHE_HOME/weightformer, else ~/.cache/weightformer."""
+    if "WEIGHTFORMER_CACHE" in os.environ:
+        return Path(os.environ["WEIGHTFORMER_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "weightformer"
+
+
+def _random_colour(rng: random.Random, avoid: tuple[int, int, int] | None = None) -> tuple[int, int, int]:
+    # Shapes must stand out from the background: resample until the colours differ clearly.
+    while True:
+        colour = (rng.randrange(256), rng.randrange(256), rng.randrange(256))
+        if avoid is None or sum(abs(a - b) for a, b in zip(colour, avoid, strict=True)) > 240:
+            return colour
+
+
+def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, size: float, colour: tuple) -> None:
+    r = size / 2
+    if shape == "circle":
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=colour)
+    elif shape == "square":
+        r *= 0.9  # equal area-ish with the circle, so the amount of colour does not give the shape away
+        draw.rectangle((cx - r, cy - r, cx + r, cy + r), fill=colour)
+    else:
+        draw.polygon([(cx, cy - r * 1.1), (cx - r * 1.1, cy + r * 0.9), (cx + r * 1.1, cy + r * 0.9)], fill=colour)
+
+
+def render_example(label: int, image_size: int, rng: random.Random) -> Image.Image:
+    """One RGB image of class `label` (an index into CLASS_NAMES), drawn with `rng`."""
+    left, right = SHAPES[label // len(SHAPES)], SHAPES[label % len(SHAPES)]
+    s = image_size * _SUPERSAMPLE
+    background = _random_colour(rng)
+    image = Image.new("RGB", (s, s), background)
+    draw = ImageDraw.Draw(image)
+    # Sizes 28-42 % of the image side; the right shape starts strictly to the right of the left one.
+    size_left, size_right = (rng.uniform(0.28, 0.42) * s for _ in range(2))
+    margin = 0.04 * s
+    x_left = rng.uniform(margin + size_left / 2, s - margin - size_right - size_left / 2 - margin)
+    x_right = rng.uniform(x_left + (size_left + size_right) / 2 + margin, s - margin - size_right / 2)
+    for shape, x, size in ((left, x_left, size_left), (right, x_right, size_right)):
+        y = rng.uniform(margin + size / 2, s - margin - size / 2)
+        _draw_shape(draw, shape, x, y, size, _random_colour(rng, avoid=background))
+    return image.resize((image_size, image_size), Image.Resampling.BOX)
+
+
+def make_synthetic_dataset(
+    root: str | Path | None = None,
+    seed: int = 0,
+    image_size: int = 32,
+    train_per_class: int = 1000,
+    val_per_class: int = 200,
+) -> Path:
+    """Write the dataset (if not already there) and return its folder, holding train/ and val/.
+
+    Args:
+        root: cache folder holding the datasets; default `default_cache_root()`.
+        seed: seed of the generator; the same seed gives the same images.
+        image_size: side of the square images in pixels.
+        train_per_class / val_per_class: images per class in each split.
+    """
+    root = Path(root) if root is not None else default_cache_root()
+    name = f"synthetic-v{VERSION}-seed{seed}-{image_size}px-{train_per_class}x{val_per_class}"
+    path = root / name
+    if (path / "val").is_dir():
+        return path
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
+    try:
+        for split_index, (split, count) in enumerate((("train", train_per_class), ("val", val_per_class))):
+            for label, class_name in enumerate(CLASS_NAMES):
+                folder = tmp / split / class_name
+                folder.mkdir(parents=True)
+                # One generator per (split, class): images do not depend on the other classes or the counts.
+                rng = random.Random(f"{seed}/{split_index}/{label}")
+                for i in range(count):
+                    render_example(label, image_size, rng).save(folder / f"{i:05d}.png")
+        try:
+            tmp.rename(path)
+        except OSError:  # another process finished the same dataset first; theirs is identical
+            if not (path / "val").is_dir():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path

@@ -1,0 +1,97 @@
+"""Folder datasets: layout checks, corrupt files, the synthetic set, the sampler, and evaluation accuracy."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+
+import pytest
+import torch
+import torch.nn as nn
+
+from train_helpers import tiny_dataset
+from weightformer.train import evaluate, make_synthetic_dataset
+from weightformer.train.data import EpochSampler, FolderDataset, check_splits, eval_transform, make_loader
+from weightformer.train.synthetic import CLASS_NAMES
+
+
+def _digest(folder):
+    return hashlib.sha256(b"".join(p.read_bytes() for p in sorted(folder.rglob("*.png")))).hexdigest()
+
+
+def test_synthetic_dataset_is_deterministic_and_in_imagenet_layout(tmp_path):
+    a = tiny_dataset(tmp_path / "a")
+    b = tiny_dataset(tmp_path / "b")
+    assert _digest(a) == _digest(b)
+    assert check_splits(a, "train", "val") == sorted(CLASS_NAMES)
+    assert len(list((a / "train").rglob("*.png"))) == 9 * 4 and len(list((a / "val").rglob("*.png"))) == 9 * 2
+    other = make_synthetic_dataset(tmp_path / "c", seed=1, image_size=16, train_per_class=4, val_per_class=2)
+    assert _digest(other) != _digest(a)
+    assert make_synthetic_dataset(tmp_path / "a", seed=0, image_size=16, train_per_class=4, val_per_class=2) == a
+
+
+def test_missing_empty_and_mismatched_splits_fail_with_clear_messages(tmp_path):
+    data = tiny_dataset(tmp_path / "d")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        check_splits(tmp_path / "nowhere", "train", "val")
+    with pytest.raises(FileNotFoundError, match="No 'validation' split"):
+        check_splits(data, "train", "validation")
+    (tmp_path / "empty" / "train").mkdir(parents=True)
+    with pytest.raises(ValueError, match="is empty"):
+        check_splits(tmp_path / "empty", "train", None)
+    shutil.rmtree(data / "val" / CLASS_NAMES[0])
+    with pytest.raises(ValueError, match=f"only in train: \\['{CLASS_NAMES[0]}'\\]"):
+        check_splits(data, "train", "val")
+
+
+def test_corrupt_images_are_reported_and_skipped(tmp_path):
+    data = tiny_dataset(tmp_path / "d")
+    bad = data / "val" / CLASS_NAMES[3] / "00000.png"
+    bad.write_bytes(b"not a png at all")
+    dataset = FolderDataset(str(data / "val"), transform=eval_transform(16, crop_pct=1.0))
+    loader = make_loader(dataset, EpochSampler(len(dataset), shuffle=False, drop_remainder=False), 6, 0, train=False)
+    batches = list(loader)
+    assert sum(len(images) for images, _, _ in batches) == 17
+    skipped = [s for _, _, batch_skipped in batches for s in batch_skipped]
+    assert len(skipped) == 1 and str(bad) in skipped[0]
+
+
+def test_sampler_resumes_mid_epoch_with_the_same_samples_and_seeds():
+    sampler = EpochSampler(23, shuffle=True, seed=3, rank=1, world_size=2)
+    sampler.set_epoch(4)
+    full = list(sampler)
+    assert len(full) == 11  # 23 cut to 22, every 2nd from rank 1
+    sampler.set_epoch(4, start=5)
+    assert list(sampler) == full[5:]
+    sampler.set_epoch(5)
+    assert list(sampler) != full
+    other_rank = EpochSampler(23, shuffle=True, seed=3, rank=0, world_size=2)
+    other_rank.set_epoch(4)
+    assert not {i for i, _ in full} & {i for i, _ in other_rank}
+
+
+class _RedClassifier(nn.Module):
+    """Predicts class ranking from the mean of the red channel: fixed, known predictions."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.centres = torch.linspace(-2, 2, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        red = x[:, 0].mean(dim=(1, 2))  # (B,)
+        return -(red[:, None] - self.centres[None]).abs()  # (B, K): nearest centre ranks first
+
+
+def test_evaluate_matches_hand_computed_accuracy():
+    # 6 images in 6 classes; predictions rank classes by distance of the image's value to each centre.
+    centres = torch.linspace(-2, 2, 6)
+    values = torch.tensor([centres[0], centres[1], centres[2], centres[3] + 0.1, centres[5], centres[0]])
+    targets = torch.tensor([0, 1, 3, 3, 2, 5])
+    # top-1: 0, 1, 2, 3, 5, 0 -> hits at 0, 1, 3 = 3/6. top-5 excludes only the farthest class:
+    # image 4 (value at centre 5) ranks class 0 last -> target 2 is in; image 5 (at centre 0) ranks 5 last -> out.
+    images = values[:, None, None, None].expand(6, 3, 4, 4)
+    loader = [(images[:4], targets[:4], []), (images[4:], targets[4:], [])]
+    metrics = evaluate(_RedClassifier(6), loader)
+    assert metrics["top1"] == pytest.approx(50.0)
+    assert metrics["top5"] == pytest.approx(100 * 5 / 6)
+    assert metrics["images"] == 6
