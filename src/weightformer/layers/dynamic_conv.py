@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import trunc_normal_
 
+from .. import kernels
 from .common import bound_update, check_grid, to_nchw, to_nhwc
 
 __all__ = [
@@ -188,8 +189,11 @@ class DynamicDWConv2d(nn.Module):
     def extra_repr(self) -> str:
         return f"channels={self.channels}, kernel_size={self.kernel_size}, predictor={self.predictor_name}"
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, H, W, C) -> (B, H, W, C)."""
+    def forward(self, x: torch.Tensor, residual: bool = False) -> torch.Tensor:
+        """x: (B, H, W, C) -> (B, H, W, C); with `residual`, x + conv(x) (fused on the fast path)."""
         check_grid(x, self.channels, self.predictor.min_grid, type(self).__name__)
         kernel = self.static_weight.squeeze(1) + self.predictor(x)  # (B, C, k, k)
-        return per_sample_depthwise_conv(x, kernel, self.bias)
+        if not kernels.reference_enabled():
+            return kernels.depthwise_conv(x, kernel, self.bias, residual=residual)
+        y = per_sample_depthwise_conv(x, kernel, self.bias)
+        return x + y if residual else y

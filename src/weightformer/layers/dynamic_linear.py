@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import trunc_normal_
 
+from .. import kernels
 from .common import bound_update, check_grid, pool_2x2
 
 __all__ = ["DynamicLinear", "OuterProductPredictor", "LINEAR_PREDICTORS"]
@@ -110,9 +111,12 @@ class OuterProductPredictor(nn.Module):
             u = F.silu(u)
         if self.act_out:
             v = F.silu(v)
-        p = u @ self.input_basis  # (B, Np, C)
-        q = v @ self.output_basis  # (B, Np, D)
-        delta = q.transpose(1, 2) @ p  # (B, D, C)
+        if kernels.reference_enabled():
+            p = u @ self.input_basis  # (B, Np, C)
+            q = v @ self.output_basis  # (B, Np, D)
+            delta = q.transpose(1, 2) @ p  # (B, D, C)
+        else:  # the same sum, taken over the rank-reduced factors first
+            delta = kernels.low_rank_outer_product_sum(u, v, self.input_basis, self.output_basis)  # (B, D, C)
         delta = delta * (self.in_features**-0.5 / norm)
         # Each output column j of dW (C x D) is a row here: normalise over the C inputs.
         return bound_update(delta, dims=-1)
@@ -172,4 +176,6 @@ class DynamicLinear(nn.Module):
         """x: (B, H, W, C) -> (B, H, W, D)."""
         check_grid(x, self.in_features, self.predictor.min_grid, type(self).__name__)
         weight = self.static_weight + self.predictor(x)  # (B, D, C)
+        if not kernels.reference_enabled():
+            return kernels.apply_dynamic_weight(x, weight, self.bias)  # one batched GEMM, bias included
         return torch.einsum("bhwc,bdc->bhwd", x, weight) + self.bias

@@ -26,6 +26,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._features import feature_take_indices
 from torch.utils.checkpoint import checkpoint
 
+from .. import kernels
 from ..layers import DynamicDWConv2d, DynamicLinear
 from ..layers.common import to_nchw, to_nhwc
 
@@ -62,8 +63,12 @@ class DepthwiseConv(nn.Conv2d):
     def __init__(self, channels: int, kernel_size: int = 3) -> None:
         super().__init__(channels, channels, kernel_size, padding=kernel_size // 2, groups=channels)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return to_nhwc(super().forward(to_nchw(x)))
+    def forward(self, x: torch.Tensor, residual: bool = False) -> torch.Tensor:
+        """x: (B, H, W, C) -> (B, H, W, C); with `residual`, x + conv(x) (fused on the fast path)."""
+        if not kernels.reference_enabled():
+            return kernels.depthwise_conv(x, self.weight.squeeze(1), self.bias, residual=residual)
+        y = to_nhwc(super().forward(to_nchw(x)))
+        return x + y if residual else y
 
 
 class Mlp(nn.Module):
@@ -110,7 +115,7 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, H, W, C) -> (B, H, W, C)."""
         x = self.norm1(x)
-        x = x + self.token_mixer(x)
+        x = self.token_mixer(x, residual=True)  # x + mixer(x), the add fused into the conv on the fast path
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 

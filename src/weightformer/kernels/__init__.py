@@ -1,0 +1,94 @@
+"""Fast implementations of WeightFormer's layers, selected automatically; the layers keep the reference twins.
+
+The reference path (the plain PyTorch code in `weightformer.layers` and `weightformer.models`) states the math;
+the fast path computes the same function (tests hold it to the reference) with fewer passes over memory:
+
+- 3x3 depthwise convs (static and per-sample dynamic) with bias and the block's residual add fused: a Triton
+  kernel on CUDA (`triton_dwconv`), channels-last oneDNN convs with the residual folded into the centre tap
+  elsewhere (`dwconv`);
+- the dynamic linear layer as one batched GEMM with its bias, and its predicted update summed over the pooled
+  tokens in the rank-reduced space (`dynamic_linear`).
+
+Switch to the reference path with `use_reference()` (a context manager, or `use_reference(True)` globally) or
+the environment variable WEIGHTFORMER_REFERENCE=1; `weightformer bench` runs both side by side.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .dwconv import depthwise_conv_torch
+from .dynamic_linear import apply_dynamic_weight, low_rank_outer_product_sum
+
+__all__ = [
+    "use_reference",
+    "reference_enabled",
+    "triton_available",
+    "depthwise_conv",
+    "apply_dynamic_weight",
+    "low_rank_outer_product_sum",
+]
+
+
+def _reference_from_env(value: str | None) -> bool:
+    """WEIGHTFORMER_REFERENCE: unset, empty or "0" selects the fast path, anything else the reference path."""
+    return value not in (None, "", "0")
+
+
+_state = {"reference": _reference_from_env(os.environ.get("WEIGHTFORMER_REFERENCE"))}
+
+
+def reference_enabled() -> bool:
+    """True while the layers run their plain PyTorch reference code instead of the fast path."""
+    return _state["reference"]
+
+
+class use_reference:  # noqa: N801 - used like a function: use_reference(True) or `with use_reference():`
+    """Run the reference path: `use_reference(True)` sets it globally, `with use_reference():` for a block.
+
+    As a context manager it restores the previous setting on exit. `use_reference(False)` selects the fast path.
+    """
+
+    def __init__(self, enabled: bool = True) -> None:
+        self._previous = _state["reference"]
+        _state["reference"] = bool(enabled)
+
+    def __enter__(self) -> use_reference:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _state["reference"] = self._previous
+
+
+_triton_state: dict[str, object] = {}
+
+
+def _triton_module():
+    """weightformer.kernels.triton_dwconv, or None where triton cannot be imported."""
+    if "module" not in _triton_state:
+        try:
+            from . import triton_dwconv
+        except Exception:  # no triton, or a triton that does not match this torch
+            triton_dwconv = None
+        _triton_state["module"] = triton_dwconv
+    return _triton_state["module"]
+
+
+def triton_available() -> bool:
+    """Whether the Triton kernels can be imported (they run on CUDA tensors, or on CPU under TRITON_INTERPRET=1)."""
+    return _triton_module() is not None
+
+
+def depthwise_conv(
+    x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor | None = None, residual: bool = False
+) -> torch.Tensor:
+    """Fast depthwise conv (+ bias, + residual x) on channels-last tokens, 'same' zero padding.
+
+    x: (B, H, W, C); kernel: (B, C, k, k) per sample or (C, k, k) shared; bias: (C,) or None -> (B, H, W, C).
+    Triton on CUDA for 3x3 kernels, PyTorch (oneDNN channels-last) otherwise.
+    """
+    if x.is_cuda and kernel.shape[-1] == 3 and triton_available():
+        return _triton_module().dwconv3x3(x, kernel, bias, residual)
+    return depthwise_conv_torch(x, kernel, bias, residual)

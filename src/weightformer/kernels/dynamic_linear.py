@@ -1,0 +1,39 @@
+"""The dynamic linear layer's fast path: the same function as `weightformer.layers.DynamicLinear`, fewer FLOPs.
+
+Two rewrites, each an exact identity up to float rounding:
+
+- The predicted update sum_p phi_out(x_p)^T phi_in(x_p) = W2^T (sum_p v_p^T u_p) W1 (associativity): the sum over
+  the Np pooled tokens is taken on the rank-r factors (D_r x C_r) before the bases expand them, so the cost no
+  longer grows as Np * C * D. For WeightFormer-T at 896x896 (Np = 784) that is ~11x fewer MACs in the predictor.
+- y = X (W0 + dW) + b as one batched GEMM with the bias as its initial value (baddbmm): no separate bias pass,
+  no einsum permutes.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["low_rank_outer_product_sum", "apply_dynamic_weight"]
+
+
+def low_rank_outer_product_sum(
+    u: torch.Tensor, v: torch.Tensor, input_basis: torch.Tensor, output_basis: torch.Tensor
+) -> torch.Tensor:
+    """sum_p (v_p W2)^T (u_p W1), computed as W2^T (v^T u) W1.
+
+    u: (B, Np, C_r), v: (B, Np, D_r), input_basis W1: (C_r, C), output_basis W2: (D_r, D) -> (B, D, C).
+    """
+    core = v.transpose(1, 2) @ u  # (B, D_r, C_r): the only step that touches the Np tokens
+    return output_basis.t() @ (core @ input_basis)  # (B, D, C)
+
+
+def apply_dynamic_weight(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """y = x W^T + b per sample. x: (B, H, W, C), weight: (B, D, C), bias: (D,) -> (B, H, W, D)."""
+    batch, height, width, channels = x.shape
+    tokens = x.reshape(batch, height * width, channels)  # (B, N, C)
+    weight_t = weight.transpose(1, 2)  # (B, C, D)
+    if bias is None:
+        y = torch.bmm(tokens, weight_t)
+    else:
+        y = torch.baddbmm(bias, tokens, weight_t)  # the bias is the GEMM's initial value
+    return y.reshape(batch, height, width, -1)  # (B, H, W, D)
