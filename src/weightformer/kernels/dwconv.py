@@ -20,8 +20,11 @@ import torch.nn.functional as F
 __all__ = ["depthwise_conv_torch"]
 
 
-def _fold_residual(kernel: torch.Tensor, x: torch.Tensor) -> bool:
-    return x.dtype in (torch.float32, torch.float64) and not torch.is_autocast_enabled(x.device.type)
+def _fold_residual(x: torch.Tensor) -> bool:
+    if x.dtype not in (torch.float32, torch.float64):
+        return False
+    # Autocast would run the conv, and so 1 + K, in 16 bits. (Other devices, e.g. "meta", have no autocast here.)
+    return x.device.type not in ("cpu", "cuda") or not torch.is_autocast_enabled(x.device.type)
 
 
 def _add_centre_tap(kernel: torch.Tensor) -> torch.Tensor:
@@ -41,7 +44,7 @@ def depthwise_conv_torch(
     """
     batch, height, width, channels = x.shape
     k = kernel.shape[-1]
-    fold = residual and _fold_residual(kernel, x)
+    fold = residual and _fold_residual(x)
     if fold:
         kernel = _add_centre_tap(kernel)
     bias = None if bias is None else bias.to(x.dtype)

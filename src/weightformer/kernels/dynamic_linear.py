@@ -2,9 +2,10 @@
 
 Two rewrites, each an exact identity up to float rounding:
 
-- The predicted update sum_p phi_out(x_p)^T phi_in(x_p) = W2^T (sum_p v_p^T u_p) W1 (associativity): the sum over
-  the Np pooled tokens is taken on the rank-r factors (D_r x C_r) before the bases expand them, so the cost no
-  longer grows as Np * C * D. For WeightFormer-T at 896x896 (Np = 784) that is ~11x fewer MACs in the predictor.
+- The predicted update sum_p phi_out(x_p)^T phi_in(x_p) = (W2^T (sum_p v_p^T u_p)) W1 (associativity): the sum
+  over the Np pooled tokens is taken on the rank-reduced factors (D_r x C_r) before the bases expand them, so
+  the cost no longer grows as Np * C * D. Chosen when it is cheaper (for WeightFormer-T/S from 224x224 on, where it
+  is about even); at 896x896 (Np = 784) the predictor needs ~11x fewer MACs.
 - y = X (W0 + dW) + b as one batched GEMM with the bias as its initial value (baddbmm): no separate bias pass,
   no einsum permutes.
 """
@@ -23,8 +24,15 @@ def low_rank_outer_product_sum(
 
     u: (B, Np, C_r), v: (B, Np, D_r), input_basis W1: (C_r, C), output_basis W2: (D_r, D) -> (B, D, C).
     """
+    num_pooled, in_rank = u.shape[1], u.shape[2]
+    out_rank, out_features = output_basis.shape
+    in_features = input_basis.shape[1]
+    tokens_first = num_pooled * (in_rank * in_features + out_rank * out_features + out_features * in_features)
+    rank_first = num_pooled * out_rank * in_rank + out_features * in_rank * (out_rank + in_features)
+    if tokens_first <= rank_first:  # few pooled tokens (small images): the reference order is cheaper
+        return (v @ output_basis).transpose(1, 2) @ (u @ input_basis)
     core = v.transpose(1, 2) @ u  # (B, D_r, C_r): the only step that touches the Np tokens
-    return output_basis.t() @ (core @ input_basis)  # (B, D, C)
+    return (output_basis.t() @ core) @ input_basis  # (B, D, C_r) @ (C_r, C) -> (B, D, C)
 
 
 def apply_dynamic_weight(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
