@@ -91,7 +91,11 @@ def load_model_for_eval(checkpoint: str | Path, model_name: str | None = None, i
     model = create_model(name, num_classes=num_classes, **kwargs)
     load_checkpoint(model, weights)
     size = size or model.pretrained_cfg["input_size"][-1]
-    return model, {"class_names": state.get("class_names"), "img_size": size, "model": name}
+    # Our runs evaluate with their recipe's crop; the release's files with the release's (pretrained_cfg).
+    crop_pct = config.get("crop_pct", model.pretrained_cfg.get("crop_pct", 224 / 256))
+    interpolation = config.get("interpolation", model.pretrained_cfg.get("interpolation", "bicubic"))
+    return model, {"class_names": state.get("class_names"), "img_size": size, "model": name, "crop_pct": crop_pct,
+                   "interpolation": interpolation}
 
 
 def class_names_for(num_classes: int, stored: Sequence[str] | None = None,
@@ -121,8 +125,8 @@ def evaluate_folder(checkpoint: str | Path, data_dir: str | Path, split: str = "
     device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                           "cpu" if device == "auto" else device)
     cfg = model.pretrained_cfg
-    transform = eval_transform(info["img_size"], crop_pct or cfg.get("crop_pct", 224 / 256),
-                               cfg.get("interpolation", "bicubic"), cfg["mean"], cfg["std"])
+    transform = eval_transform(info["img_size"], crop_pct or info["crop_pct"], info["interpolation"], cfg["mean"],
+                               cfg["std"])
     dataset = FolderDataset(str(Path(data_dir) / split), transform=transform)
     loader = make_loader(dataset, EpochSampler(len(dataset), shuffle=False, drop_remainder=False), batch_size,
                          workers, train=False, pin_memory=device.type == "cuda")
@@ -139,8 +143,7 @@ def predict(checkpoint: str | Path, images: Sequence[str | Path], model_name: st
     model, info = load_model_for_eval(checkpoint, model_name, img_size)
     names = class_names_for(model.num_classes, info["class_names"], data_dir)
     cfg = model.pretrained_cfg
-    transform = eval_transform(info["img_size"], cfg.get("crop_pct", 224 / 256), cfg.get("interpolation", "bicubic"),
-                               cfg["mean"], cfg["std"])
+    transform = eval_transform(info["img_size"], info["crop_pct"], info["interpolation"], cfg["mean"], cfg["std"])
     model.eval()
     results = []
     for path in images:

@@ -1,0 +1,107 @@
+"""End-to-end training runs on a tiny generated dataset: learning, exact resume after SIGKILL, eval, predict, plot."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+import weightformer
+from train_helpers import tiny_config, tiny_dataset
+from weightformer.cli.main import main
+from weightformer.train import train
+from weightformer.train.data import FolderDataset, eval_transform
+
+
+def _train_loss(model, data_dir):
+    dataset = FolderDataset(str(data_dir / "train"), transform=eval_transform(16, crop_pct=1.0))
+    images = torch.stack([dataset[i][0] for i in range(len(dataset))])
+    targets = torch.tensor([t for _, t in dataset.samples])
+    model.eval()
+    with torch.no_grad():
+        return F.cross_entropy(model(images), targets).item()
+
+
+def test_two_training_steps_lower_the_loss(tmp_path):
+    data = tiny_dataset(tmp_path / "data")
+    torch.manual_seed(0)
+    init = weightformer.create_model("weightformer_tiny", num_classes=9, embed_dim=16, depth=3, patch_size=4)
+    torch.save({"model": init.state_dict()}, tmp_path / "init.pth")
+    cfg = tiny_config(data, tmp_path / "runs", batch_size=18, lr=1e-2, min_lr=1e-2, scale=[1.0, 1.0],
+                      smoothing=0.0, initial_checkpoint=str(tmp_path / "init.pth"))
+    result = train(cfg)
+    assert result["run_dir"] == tmp_path / "runs" / "synthetic"
+    records = [json.loads(line) for line in (result["run_dir"] / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2]
+    assert _train_loss(result["model"], data) < _train_loss(init, data) - 0.05
+
+
+def test_sigkill_mid_epoch_then_resume_auto_gives_identical_weights(tmp_path):
+    data = tiny_dataset(tmp_path / "data")
+    # 36 images, batch 4: 9 steps per epoch, a checkpoint every 2 steps; the kill lands in epoch 2 (or soon after).
+    settings = dict(batch_size=4, epochs=4, checkpoint_interval=2, keep_checkpoints=3, drop_path=0.1)
+    reference = train(tiny_config(data, tmp_path / "ref", **settings))["model"].state_dict()
+
+    cfg = tiny_config(data, tmp_path / "runs", **settings)
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text(yaml.safe_dump(cfg.to_dict()))
+    checkpoints = tmp_path / "runs" / "synthetic" / "checkpoints"
+    process = subprocess.Popen([sys.executable, "-m", "weightformer.train", "--config", str(config_file)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ})
+    try:
+        deadline = time.time() + 120
+        while not (checkpoints / "step-00000012.pth").exists():  # epoch 2 of 4, batch 3 of 9
+            assert process.poll() is None, process.stderr.read().decode()
+            assert time.time() < deadline, "the training subprocess made no progress"
+            time.sleep(0.002)
+        process.send_signal(signal.SIGKILL)
+        assert process.wait() == -signal.SIGKILL
+    finally:
+        process.kill()
+    assert not (checkpoints / "step-00000036.pth").exists()  # killed before the end of training
+    latest = torch.load(checkpoints / "last.pth", weights_only=True)
+    assert 12 <= latest["step"] < 36
+
+    resumed = train(tiny_config(data, tmp_path / "runs", resume="auto", **settings))
+    assert resumed["run_dir"] == tmp_path / "runs" / "synthetic"
+    state = resumed["model"].state_dict()
+    assert state.keys() == reference.keys()
+    for key in reference:
+        assert torch.equal(state[key], reference[key]), key
+    kept = sorted(p.name for p in checkpoints.glob("step-*.pth"))
+    assert len(kept) == 3 and kept[-1] == "step-00000036.pth"  # pruned to keep_checkpoints
+    assert (checkpoints / "best.pth").is_file()
+
+
+def test_eval_predict_and_plot_on_a_trained_checkpoint(tmp_path, capsys):
+    data = tiny_dataset(tmp_path / "data")
+    result = train(tiny_config(data, tmp_path / "runs", epochs=2, batch_size=9))
+    checkpoint = result["run_dir"] / "checkpoints" / "last.pth"
+    capsys.readouterr()  # drop the training log
+
+    assert main(["eval", str(checkpoint), "--data-dir", str(data), "--workers", "0", "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    # The same model, transform and images as the run's own last evaluation.
+    assert metrics["top1"] == pytest.approx(result["val_top1"]) and metrics["images"] == 18
+    assert metrics["top5"] == pytest.approx(result["val_top5"])
+
+    image = next((data / "val" / "circle-left-of-square").glob("*.png"))
+    assert main(["predict", str(image), "--checkpoint", str(checkpoint)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == str(image) and len(lines) == 6
+    assert all(line.strip().split()[-1] in result["class_names"] for line in lines[1:])
+
+    assert main(["plot", str(result["run_dir"])]) == 0
+    png = result["run_dir"] / "curves.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    assert main(["eval", str(checkpoint), "--data-dir", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
