@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -22,6 +23,6 @@ def run(args: argparse.Namespace) -> int:
     from weightformer.train import config_from_args, train
 
     result = train(config_from_args(args))
-    if "val_top1" in result:
+    if "val_top1" in result and os.environ.get("RANK", "0") == "0":
         print(f"Done: val top-1 {result['val_top1']:.2f} %, best {result['best_top1']:.2f} %, run {result['run_dir']}")
     return 0
