@@ -1,0 +1,340 @@
+"""Throughput and peak memory of WeightFormer against DeiT (timm, fused SDPA attention), across resolutions.
+
+Every contestant runs in the same process on the same inputs, and the timed steps are *interleaved*: each round
+times one step of every contestant in turn, so a slow moment of a shared machine hits them all alike. Throughput
+is the median over rounds; the ratios are ratios of those medians.
+
+Contestants, for a WeightFormer variant and the DeiT of the same width:
+- "wfm": WeightFormer on the fast path (`weightformer.kernels`), eager;
+- "wfm_ref": WeightFormer on the plain PyTorch reference path, eager (the code the SPEC measured);
+- "deit": timm's DeiT, eager, `F.scaled_dot_product_attention` (FlashAttention on CUDA);
+- "wfm_compiled", "deit_compiled": the same under `torch.compile` (with `compile_mode` "on" or "both").
+
+Batch size scales as base_batch * (224 / resolution)^2 (at least 1), so every batch holds about the same number
+of pixels. CUDA runs under bf16 autocast, CPU in fp32. Peak memory: the most one step (inference, or a training
+step) allocates beyond what was allocated before it: CUDA's max_memory_allocated, on CPU the running sum of the
+allocations and frees torch.profiler records (one extra, untimed step).
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile
+
+from .. import kernels
+
+__all__ = ["BenchConfig", "DEIT_OF", "run_bench", "format_results", "plot_results", "environment"]
+
+# WeightFormer variant -> the DeiT of the same width.
+DEIT_OF = {"weightformer_tiny": "deit_tiny_patch16_224", "weightformer_small": "deit_small_patch16_224"}
+MODES = ("inference", "train")
+
+
+@dataclass
+class BenchConfig:
+    """What `run_bench` measures.
+
+    Args:
+        model: a key of `DEIT_OF`.
+        resolutions: square input sizes.
+        base_batch: batch size at 224x224; scaled by (224 / res)^2 elsewhere.
+        modes: "inference" and/or "train" (forward, cross-entropy, backward, AdamW step).
+        compile_mode: "off" (eager only), "on" (compiled only) or "both".
+        include_reference: also run WeightFormer's reference path (eager).
+        rounds: timed rounds (each times one step of every contestant); the median is reported.
+        warmup: untimed steps per contestant first (compilation happens here).
+        device: "cpu" or "cuda".
+        threads: torch.set_num_threads on CPU (None: leave as is).
+        num_classes: classifier outputs.
+    """
+
+    model: str = "weightformer_tiny"
+    resolutions: list[int] = field(default_factory=lambda: [224, 448, 896])
+    base_batch: int = 16
+    modes: tuple[str, ...] = MODES
+    compile_mode: str = "off"
+    include_reference: bool = True
+    rounds: int = 10
+    warmup: int = 2
+    device: str = "cpu"
+    threads: int | None = None
+    num_classes: int = 1000
+
+    def batch_for(self, resolution: int) -> int:
+        return max(1, round(self.base_batch * (224 / resolution) ** 2))
+
+
+def environment(device: str) -> dict[str, Any]:
+    """Device name and library versions, for the record."""
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "platform": platform.platform(),
+    }
+    try:
+        import triton as _triton
+
+        info["triton"] = _triton.__version__
+    except ImportError:
+        info["triton"] = None
+    if device == "cuda":
+        info["device"] = torch.cuda.get_device_name()
+        info["cuda"] = torch.version.cuda
+    else:
+        info["device"] = _cpu_name()
+        info["threads"] = torch.get_num_threads()
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+# -- memory --------------------------------------------------------------------------------------------------
+
+
+def _peak_memory_mb(step: Callable[[], Any], device: str) -> float:
+    """Memory one call of `step` allocates at its peak beyond what was allocated before it, in MiB."""
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
+    # CPU has no allocator statistics: replay the profiler's record of allocations (each op's own) and frees
+    # (the "[memory]" events outside ops) in time order and take the running maximum.
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    deltas = []
+    for event in prof.events():
+        delta = event.cpu_memory_usage if event.name == "[memory]" else event.self_cpu_memory_usage
+        if delta:
+            deltas.append((event.time_range.start, delta))
+    deltas.sort(key=lambda d: d[0])
+    return max(itertools.accumulate((d for _, d in deltas), initial=0)) / 2**20
+
+
+# -- contestants ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Contestant:
+    name: str
+    step: Callable[[], Any]
+
+
+def _make_step(
+    model: nn.Module, mode: str, images: torch.Tensor, labels: torch.Tensor, device: str, reference: bool
+) -> Callable[[], Any]:
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else torch.autocast("cpu", enabled=False)
+    )
+    if mode == "inference":
+        model.eval()
+
+        def step() -> Any:
+            with torch.inference_mode(), autocast, kernels.use_reference(reference):
+                return model(images)
+
+        return step
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def train_step() -> Any:
+        with autocast, kernels.use_reference(reference):
+            loss = F.cross_entropy(model(images), labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    return train_step
+
+
+def _build(name: str, resolution: int, cfg: BenchConfig) -> nn.Module:
+    kwargs: dict[str, Any] = dict(img_size=resolution, num_classes=cfg.num_classes)
+    model = timm.create_model(name, **kwargs)
+    return model.to(cfg.device)
+
+
+def _contestants(cfg: BenchConfig, resolution: int, mode: str, images, labels) -> list[_Contestant]:
+    deit_name = DEIT_OF[cfg.model]
+    out = []
+    eager = cfg.compile_mode in ("off", "both")
+    compiled = cfg.compile_mode in ("on", "both")
+    if cfg.include_reference:
+        model = _build(cfg.model, resolution, cfg)
+        out.append(_Contestant("wfm_ref", _make_step(model, mode, images, labels, cfg.device, reference=True)))
+    for suffix, wanted, wrap in (("", eager, lambda m: m), ("_compiled", compiled, torch.compile)):
+        if not wanted:
+            continue
+        wfm = wrap(_build(cfg.model, resolution, cfg))
+        deit = wrap(_build(deit_name, resolution, cfg))
+        out.append(_Contestant("wfm" + suffix, _make_step(wfm, mode, images, labels, cfg.device, reference=False)))
+        out.append(_Contestant("deit" + suffix, _make_step(deit, mode, images, labels, cfg.device, reference=False)))
+    return out
+
+
+def _timed(step: Callable[[], Any], device: str) -> float:
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Measure every contestant at every resolution and mode; returns a JSON-ready dict (see `format_results`)."""
+    if cfg.model not in DEIT_OF:
+        raise ValueError(f"bench compares {sorted(DEIT_OF)} with DeiT; got {cfg.model!r}.")
+    if cfg.compile_mode not in ("off", "on", "both"):
+        raise ValueError(f"compile_mode must be 'off', 'on' or 'both', got {cfg.compile_mode!r}.")
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but CUDA is not available.")
+    if cfg.device == "cpu" and cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    rows = []
+    for resolution in cfg.resolutions:
+        batch = cfg.batch_for(resolution)
+        gen = torch.Generator().manual_seed(resolution)
+        images = torch.randn(batch, 3, resolution, resolution, generator=gen).to(cfg.device)
+        labels = torch.randint(0, cfg.num_classes, (batch,), generator=gen).to(cfg.device)
+        for mode in cfg.modes:
+            contestants = _contestants(cfg, resolution, mode, images, labels)
+            memory = {}
+            for c in contestants:
+                for _ in range(cfg.warmup):
+                    c.step()
+                memory[c.name] = _peak_memory_mb(c.step, cfg.device)
+            times: dict[str, list[float]] = {c.name: [] for c in contestants}
+            for _ in range(cfg.rounds):
+                for c in contestants:
+                    times[c.name].append(_timed(c.step, cfg.device))
+            for c in contestants:
+                median = statistics.median(times[c.name])
+                rows.append(
+                    dict(
+                        resolution=resolution,
+                        batch=batch,
+                        mode=mode,
+                        contestant=c.name,
+                        images_per_s=batch / median,
+                        median_s=median,
+                        min_s=min(times[c.name]),
+                        peak_memory_mb=memory[c.name],
+                        times_s=times[c.name],
+                    )
+                )
+                log(
+                    f"{mode:9s} {resolution:5d}px batch {batch:4d}  {c.name:14s} {batch / median:10.2f} img/s"
+                    + ("" if memory[c.name] is None else f"  {memory[c.name]:9.1f} MiB")
+                )
+            del contestants
+            gc.collect()
+    return dict(config=asdict(cfg), environment=environment(cfg.device), rows=rows, ratios=_ratios(rows))
+
+
+def _ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per resolution and mode: throughput and memory of each WeightFormer contestant over DeiT's."""
+    index = {(r["resolution"], r["mode"], r["contestant"]): r for r in rows}
+    out = []
+    for resolution, mode in dict.fromkeys((r["resolution"], r["mode"]) for r in rows):
+        entry: dict[str, Any] = dict(resolution=resolution, mode=mode)
+        for wfm, deit in (("wfm", "deit"), ("wfm_ref", "deit"), ("wfm_compiled", "deit_compiled")):
+            a, b = index.get((resolution, mode, wfm)), index.get((resolution, mode, deit))
+            if a is None or b is None:
+                continue
+            entry[f"{wfm}/{deit} speed"] = a["images_per_s"] / b["images_per_s"]
+            if a["peak_memory_mb"] and b["peak_memory_mb"]:
+                entry[f"{wfm}/{deit} memory"] = a["peak_memory_mb"] / b["peak_memory_mb"]
+        out.append(entry)
+    return out
+
+
+def format_results(results: dict[str, Any]) -> str:
+    """The ratio table (one line per mode and resolution) followed by the raw throughputs."""
+    from .summary import format_table
+
+    ratios = results["ratios"]
+    keys = [k for k in dict.fromkeys(k for e in ratios for k in e) if k not in ("resolution", "mode")]
+    table = [[e["mode"], e["resolution"], *("-" if k not in e else f"{e[k]:.2f}x" for k in keys)] for e in ratios]
+    text = [format_table(["mode", "res", *keys], table), ""]
+    names = list(dict.fromkeys(r["contestant"] for r in results["rows"]))
+    index = {(r["resolution"], r["mode"], r["contestant"]): r for r in results["rows"]}
+    raw = []
+    for e in ratios:
+        cells = [e["mode"], e["resolution"], index[(e["resolution"], e["mode"], names[0])]["batch"]]
+        for n in names:
+            r = index.get((e["resolution"], e["mode"], n))
+            mem = "-" if r is None or r["peak_memory_mb"] is None else f"{r['peak_memory_mb']:.0f}"
+            cells += ["-" if r is None else f"{r['images_per_s']:.2f}", mem]
+        raw.append(cells)
+    headers = ["mode", "res", "batch"] + [h for n in names for h in (f"{n} img/s", f"{n} MiB")]
+    text.append(format_table(headers, raw))
+    return "\n".join(text)
+
+
+def plot_results(results: dict[str, Any], path: str) -> None:
+    """Log-log plot of throughput and peak memory against resolution, one line per contestant and mode."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = results["rows"]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    styles = {"inference": "-", "train": "--"}
+    for mode in dict.fromkeys(r["mode"] for r in rows):
+        for name in dict.fromkeys(r["contestant"] for r in rows):
+            series = sorted(
+                (r for r in rows if r["mode"] == mode and r["contestant"] == name), key=lambda r: r["resolution"]
+            )
+            if not series:
+                continue
+            res = [r["resolution"] for r in series]
+            label = f"{name} ({mode})"
+            axes[0].plot(res, [r["images_per_s"] for r in series], styles[mode], marker="o", label=label)
+            mem = [(r["resolution"], r["peak_memory_mb"]) for r in series if r["peak_memory_mb"]]
+            if mem:
+                axes[1].plot(*zip(*mem, strict=True), styles[mode], marker="o", label=label)
+    env = results["environment"]
+    for ax, ylabel in zip(axes, ("images / s", "peak memory per step (MiB)"), strict=True):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("resolution (pixels per side)")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+        ticks = sorted({r["resolution"] for r in rows})
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.minorticks_off()
+    axes[0].legend(fontsize=8)
+    cfg = results["config"]
+    fig.suptitle(f"{cfg['model']} vs {DEIT_OF[cfg['model']]} on {env['device']} ({cfg['device']})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,75 @@
+"""`weightformer bench`: WeightFormer against DeiT (fused SDPA attention), throughput and memory per resolution."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from ..analysis.bench import DEIT_OF, MODES, BenchConfig, format_results, plot_results, run_bench
+
+_VARIANTS = {"tiny": "weightformer_tiny", "small": "weightformer_small"}
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "bench",
+        help="throughput and peak memory of WeightFormer vs DeiT (SDPA) across resolutions, inference and training",
+        description=(
+            "Times WeightFormer (fast path, and the reference path) against timm's DeiT of the same width, "
+            "interleaved in one process; bf16 autocast on CUDA, fp32 on CPU. Prints a ratio table, writes JSON "
+            "and a log-log plot. Batch = base batch * (224 / res)^2."
+        ),
+    )
+    parser.add_argument(
+        "--model", default="tiny", choices=sorted(_VARIANTS), help="WeightFormer variant (default tiny)"
+    )
+    parser.add_argument("--device", default=None, choices=["cpu", "cuda"], help="default: cuda if available")
+    parser.add_argument(
+        "--resolutions", type=int, nargs="+", help="default: 224 448 896 on CPU, 224 448 672 896 1248 1536 on CUDA"
+    )
+    parser.add_argument("--base-batch", type=int, help="batch size at 224x224 (default 16 on CPU, 256 on CUDA)")
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="what to time")
+    parser.add_argument(
+        "--compile",
+        dest="compile_mode",
+        choices=["off", "on", "both"],
+        help="torch.compile (default: both on CUDA, off on CPU)",
+    )
+    parser.add_argument("--no-reference", action="store_true", help="skip WeightFormer's reference path")
+    parser.add_argument("--rounds", type=int, help="timed rounds, median reported (default 10 on CPU, 20 on CUDA)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per contestant (default 2)")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    parser.add_argument("--out", default="bench", help="output prefix: writes OUT.json and OUT.png (default bench)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    on_cuda = device == "cuda"
+    cfg = BenchConfig(
+        model=_VARIANTS[args.model],
+        resolutions=args.resolutions or ([224, 448, 672, 896, 1248, 1536] if on_cuda else [224, 448, 896]),
+        base_batch=args.base_batch or (256 if on_cuda else 16),
+        modes=tuple(args.modes),
+        compile_mode=args.compile_mode or ("both" if on_cuda else "off"),
+        include_reference=not args.no_reference,
+        rounds=args.rounds or (20 if on_cuda else 10),
+        warmup=args.warmup,
+        device=device,
+        threads=args.threads,
+    )
+    print(f"weightformer bench: {cfg.model} vs {DEIT_OF[cfg.model]} on {device}", file=sys.stderr)
+    results = run_bench(cfg, log=lambda line: print(line, file=sys.stderr))
+    results["command"] = "weightformer " + " ".join(sys.argv[1:]) if sys.argv else "weightformer bench"
+    print(format_results(results))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    json_path, png_path = out.with_name(out.name + ".json"), out.with_name(out.name + ".png")
+    json_path.write_text(json.dumps(results, indent=2))
+    plot_results(results, str(png_path))
+    print(f"\nwrote {json_path} and {png_path}")
+    return 0
