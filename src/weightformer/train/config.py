@@ -37,6 +37,7 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False  # deterministic algorithms; with workers=0 on CPU a run is bit-reproducible
     device: str = "auto"  # "auto", "cpu", "cuda"
+    threads: int = 0  # CPU only: torch's intra-op threads; 0: the cores left over by the data workers (>= 1)
 
     # -- data -------------------------------------------------------------------------------------------------
     data_dir: str | None = None  # ImageNet layout: <data_dir>/<train_split>/<class>/*; "synthetic": built-in

@@ -225,6 +225,11 @@ def _train(cfg: TrainConfig, d: Dist) -> dict[str, Any]:
 
     random.seed(cfg.seed + d.rank)
     np.random.seed(cfg.seed + d.rank)
+    if d.device.type == "cpu":
+        # Data workers and compute threads share the cores. Oversubscribed, OpenMP's spinning threads slow every
+        # small kernel down many times over, so by default the workers get their cores first.
+        cores = len(os.sched_getaffinity(0)) // d.world_size if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        torch.set_num_threads(cfg.threads or max(1, (cores or 1) - cfg.workers))
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
