@@ -326,6 +326,7 @@ def _train(cfg: TrainConfig, d: Dist) -> dict[str, Any]:
         train_loader = make_loader(train_set, train_sampler, cfg.batch_size, cfg.workers, train=True, pin_memory=pin)
         bar = _progress(steps_per_epoch, start_batch, f"epoch {epoch + 1}/{cfg.epochs}", d.primary and cfg.progress)
         loss_sum, loss_count, seen, tick, epoch_start = 0.0, 0, 0, time.perf_counter(), time.perf_counter()
+        interval_sum, interval_count = 0.0, 0  # the logged train loss is the mean since the previous line
         for batch_in_epoch, (images, targets, skipped) in enumerate(train_loader, start=start_batch):
             step = epoch * steps_per_epoch + batch_in_epoch
             if skipped:
@@ -356,6 +357,7 @@ def _train(cfg: TrainConfig, d: Dist) -> dict[str, Any]:
             if not math.isfinite(loss_value):
                 raise RuntimeError(f"Loss is {loss_value} at step {step}; stopping.")
             loss_sum, loss_count, seen = loss_sum + loss_value, loss_count + 1, seen + len(images)
+            interval_sum, interval_count = interval_sum + loss_value, interval_count + 1
             if bar is not None:
                 rate = seen * d.world_size / (time.perf_counter() - tick)
                 bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}",
@@ -363,8 +365,9 @@ def _train(cfg: TrainConfig, d: Dist) -> dict[str, Any]:
                 bar.update()
             if (step + 1) % cfg.log_interval == 0:
                 log.write("train", step + 1, epoch=epoch + batch_in_epoch / steps_per_epoch,
-                          loss=loss_sum / loss_count, lr=optimizer.param_groups[0]["lr"],
+                          loss=interval_sum / interval_count, lr=optimizer.param_groups[0]["lr"],
                           images_per_second=seen * d.world_size / (time.perf_counter() - tick))
+                interval_sum, interval_count = 0.0, 0
             if cfg.checkpoint_interval and (step + 1) % cfg.checkpoint_interval == 0 \
                     and batch_in_epoch + 1 < steps_per_epoch:
                 save(epoch, batch_in_epoch + 1, step + 1)
