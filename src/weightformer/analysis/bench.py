@@ -34,11 +34,13 @@ import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 from .. import kernels
+from ..models import MODEL_CONFIGS
+from .summary import DEIT_OF_WIDTH, format_table
 
 __all__ = ["BenchConfig", "DEIT_OF", "run_bench", "format_results", "plot_results", "environment"]
 
-# WeightFormer variant -> the DeiT of the same width.
-DEIT_OF = {"weightformer_tiny": "deit_tiny_patch16_224", "weightformer_small": "deit_small_patch16_224"}
+# WeightFormer variant -> the DeiT of the same width (the widths live in the model registry).
+DEIT_OF = {name: DEIT_OF_WIDTH[MODEL_CONFIGS[name]["embed_dim"]] for name in ("weightformer_tiny", "weightformer_small")}
 MODES = ("inference", "train")
 
 
@@ -278,7 +280,6 @@ def _ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def format_results(results: dict[str, Any]) -> str:
     """The ratio table (one line per mode and resolution) followed by the raw throughputs."""
-    from .summary import format_table
 
     ratios = results["ratios"]
     keys = [k for k in dict.fromkeys(k for e in ratios for k in e) if k not in ("resolution", "mode")]
