@@ -40,7 +40,7 @@ from .summary import DEIT_OF_WIDTH, format_table
 __all__ = ["BenchConfig", "DEIT_OF", "run_bench", "format_results", "plot_results", "environment"]
 
 # WeightFormer variant -> the DeiT of the same width (the widths live in the model registry).
-DEIT_OF = {name: DEIT_OF_WIDTH[MODEL_CONFIGS[name]["embed_dim"]] 
+DEIT_OF = {name: DEIT_OF_WIDTH[MODEL_CONFIGS[name]["embed_dim"]]
            for name in ("weightformer_tiny", "weightformer_small")}
 MODES = ("inference", "train")
 
