@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -19,7 +20,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--img-size", type=int, default=None, help="evaluation resolution (default: trained one)")
     parser.add_argument("--crop-pct", type=float, default=None)
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                        help="data-loading processes (default: 4, or fewer on a machine with fewer cores)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     parser.set_defaults(func=run)
