@@ -44,7 +44,9 @@ class AdaptiveKernelPredictor(nn.Module):
 
     def unbounded(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, H, W, C) -> the raw prediction (B, C, k, k), before normalisation."""
-        pooled = F.adaptive_avg_pool2d(to_nchw(x), self.kernel_size)  # (B, C, k, k)
+        # contiguous: a channels-last k x k map would give the 1x1 convs' weights channels-last gradients, which
+        # DistributedDataParallel's flat gradient buckets have to copy (and warn about) every step.
+        pooled = F.adaptive_avg_pool2d(to_nchw(x), self.kernel_size).contiguous()  # (B, C, k, k)
         return self.fc2(self.act(self.fc1(pooled)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -128,7 +130,7 @@ class ConvKernelPredictor(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, H, W, C) -> dK: (B, C, k, k)."""
-        pooled = F.adaptive_avg_pool2d(to_nchw(x), self.kernel_size)  # (B, C, k, k)
+        pooled = F.adaptive_avg_pool2d(to_nchw(x), self.kernel_size).contiguous()  # (B, C, k, k), see above
         return bound_update(self.fc2(self.act(self.fc1(self.spatial(pooled)))), dims=(-2, -1))
 
 
