@@ -7,7 +7,8 @@ the fast path computes the same function (tests hold it to the reference) with f
   kernel on CUDA (`triton_dwconv`), channels-last oneDNN convs with the residual folded into the centre tap
   elsewhere (`dwconv`);
 - the dynamic linear layer as one batched GEMM with its bias, and its predicted update summed over the pooled
-  tokens in the rank-reduced space (`dynamic_linear`).
+  tokens in the rank-reduced space (`dynamic_linear`);
+- the MLP's fc2(GELU(h)) keeping only h for the backward pass, GELU recomputed there (`mlp`).
 
 Switch to the reference path with `use_reference()` (a context manager, or `use_reference(True)` globally) or
 the environment variable WEIGHTFORMER_REFERENCE=1; `weightformer bench` runs both side by side.
@@ -21,6 +22,7 @@ import torch
 
 from .dwconv import depthwise_conv_torch
 from .dynamic_linear import apply_dynamic_weight, low_rank_outer_product_sum
+from .mlp import gelu_linear
 
 __all__ = [
     "use_reference",
@@ -29,6 +31,7 @@ __all__ = [
     "depthwise_conv",
     "apply_dynamic_weight",
     "low_rank_outer_product_sum",
+    "gelu_linear",
 ]
 
 
