@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 
 import pytest
 import torch
@@ -43,3 +44,31 @@ def test_two_gloo_processes_stay_in_sync(tmp_path):
     assert checkpoint["step"] == 12 and len(checkpoint["rng"]) == 2
     assert checkpoint["optimizer"]["param_groups"][0]["initial_lr"] == pytest.approx(1e-3)
     assert len(list((tmp_path / "runs").iterdir())) == 1  # one run folder, written by rank 0 only
+
+
+def _worker_one_image_per_rank(rank: int, world_size: int, port: int, data_dir, out_dir) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    from weightformer.train import train
+
+    result = train(tiny_config(data_dir, out_dir / "runs", epochs=1, batch_size=1))
+    torch.save(result["model"].state_dict(), out_dir / f"rank{rank}.pt")
+
+
+def test_an_unreadable_image_on_one_rank_skips_the_step_on_all(tmp_path):
+    # One image per rank and step: the step that meets the unreadable file has an empty batch on one rank only.
+    # Unless both ranks skip it together, their gradient all-reduces fall out of step and the run hangs.
+    data = tiny_dataset(tmp_path / "data")
+    sorted((data / "train").rglob("*.png"))[5].write_bytes(b"not an image")
+    context = mp.start_processes(_worker_one_image_per_rank, args=(2, _free_port(), data, tmp_path), nprocs=2,
+                                 start_method="spawn", join=False)
+    deadline = time.time() + 180
+    while not context.join(timeout=5):
+        if time.time() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("the two processes did not finish: their steps fell out of lock-step")
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), key

@@ -80,6 +80,16 @@ def _broadcast(value: Any, d: Dist) -> Any:
     return box[0]
 
 
+def _nothing_to_learn(batch_empty: bool, d: Dist) -> bool:
+    """Whether to skip this step. Under DDP every rank must take the same steps (each backward all-reduces the
+    gradients), so the step is skipped everywhere as soon as one rank's batch came out empty."""
+    if d.world_size == 1:
+        return batch_empty
+    flag = torch.tensor([float(batch_empty)], device=d.device)
+    dist.all_reduce(flag)
+    return bool(flag.item() > 0)
+
+
 def resolve_run_dir(cfg: TrainConfig) -> Path:
     """<output_dir>/<run_name>: with resume="auto" the newest such run with a checkpoint, else a fresh one.
 
@@ -335,7 +345,7 @@ def _train(cfg: TrainConfig, d: Dist) -> dict[str, Any]:
                     print(f"warning: skipped unreadable image {description}", flush=True)
             if mixup is not None and len(images) % 2:  # batch-mode mixup pairs images: keep an even count
                 images, targets = images[:-1], targets[:-1]
-            if len(images) == 0:  # (nearly) every file of the batch unreadable: nothing to learn from
+            if _nothing_to_learn(len(images) == 0, d):  # (nearly) every file of a batch unreadable
                 continue
             images, targets = images.to(d.device, non_blocking=True), targets.to(d.device, non_blocking=True)
             if mixup is not None:
