@@ -32,7 +32,15 @@ from torch.nn.parallel import DistributedDataParallel
 from ..models import create_model, load_checkpoint
 from .checkpoint import CheckpointDir, rng_state, set_rng_state
 from .config import TrainConfig
-from .data import EpochSampler, FolderDataset, check_splits, eval_transform, make_loader, train_transform
+from .data import (
+    EpochSampler,
+    FolderDataset,
+    check_splits,
+    eval_transform,
+    make_loader,
+    train_transform,
+    warn_skipped,
+)
 from .evaluate import evaluate
 from .synthetic import make_synthetic_dataset
 
@@ -341,8 +349,7 @@ def _train(cfg: TrainConfig, d: Dist) -> dict[str, Any]:
             step = epoch * steps_per_epoch + batch_in_epoch
             if skipped:
                 skipped_total += len(skipped)
-                for description in skipped:
-                    print(f"warning: skipped unreadable image {description}", flush=True)
+                warn_skipped(skipped)
             if mixup is not None and len(images) % 2:  # batch-mode mixup pairs images: keep an even count
                 images, targets = images[:-1], targets[:-1]
             if _nothing_to_learn(len(images) == 0, d):  # (nearly) every file of a batch unreadable
