@@ -9,8 +9,8 @@ import torch
 
 import weightformer
 from weightformer.cli.main import build_parser
-from weightformer.train import config_from_args, list_recipes, load_config
-from weightformer.train.engine import build_optimizer, build_scheduler, peak_lr
+from weightformer.engine import build_optimizer, build_scheduler, peak_lr
+from weightformer.tasks.classification import config_from_args, list_recipes, load_config
 
 
 def test_release_recipes_follow_spec_section_6():

@@ -10,9 +10,10 @@ import torch
 import torch.nn as nn
 
 from train_helpers import tiny_dataset
-from weightformer.train import evaluate, make_synthetic_dataset
-from weightformer.train.data import EpochSampler, FolderDataset, check_splits, eval_transform, make_loader
-from weightformer.train.synthetic import CLASS_NAMES
+from weightformer.engine.data import Collated, EpochSampler, make_loader
+from weightformer.tasks.classification import evaluate, make_synthetic_dataset
+from weightformer.tasks.classification.data import FolderDataset, check_splits, collate_images, eval_transform
+from weightformer.tasks.classification.synthetic import CLASS_NAMES
 
 
 def _digest(folder):
@@ -49,25 +50,46 @@ def test_corrupt_images_are_reported_and_skipped(tmp_path):
     bad = data / "val" / CLASS_NAMES[3] / "00000.png"
     bad.write_bytes(b"not a png at all")
     dataset = FolderDataset(str(data / "val"), transform=eval_transform(16, crop_pct=1.0))
-    loader = make_loader(dataset, EpochSampler(len(dataset), shuffle=False, drop_remainder=False), 6, 0, train=False)
+    loader = make_loader(dataset, EpochSampler(len(dataset), shuffle=False), 6, 0, collate_images)
     batches = list(loader)
-    assert sum(len(images) for images, _, _ in batches) == 17
-    skipped = [s for _, _, batch_skipped in batches for s in batch_skipped]
+    assert sum(c.size for c in batches) == 17 and sum(len(c.batch[0]) for c in batches) == 17
+    skipped = [s for c in batches for s in c.skipped]
     assert len(skipped) == 1 and str(bad) in skipped[0]
 
 
 def test_sampler_resumes_mid_epoch_with_the_same_samples_and_seeds():
-    sampler = EpochSampler(23, shuffle=True, seed=3, rank=1, world_size=2)
+    sampler = EpochSampler(23, shuffle=True, seed=3, rank=1, world_size=2, batch_size=2)
     sampler.set_epoch(4)
     full = list(sampler)
-    assert len(full) == 11  # 23 cut to 22, every 2nd from rank 1
-    sampler.set_epoch(4, start=5)
-    assert list(sampler) == full[5:]
+    assert len(full) == 10 and sampler.steps() == 5  # 23 cut to 5 global steps of 2 x 2, every 2nd from rank 1
+    sampler.set_epoch(4, start=8)  # 8 samples of the global order done: 2 steps
+    assert list(sampler) == full[4:]
     sampler.set_epoch(5)
     assert list(sampler) != full
-    other_rank = EpochSampler(23, shuffle=True, seed=3, rank=0, world_size=2)
+    other_rank = EpochSampler(23, shuffle=True, seed=3, rank=0, world_size=2, batch_size=2)
     other_rank.set_epoch(4)
     assert not {i for i, _ in full} & {i for i, _ in other_rank}
+
+
+def test_sampler_positions_are_samples_so_the_world_size_can_change():
+    # One process, batch 4, 2 steps done = 8 samples. Resumed on three processes with batch 2, the next global step
+    # holds exactly the next 6 samples of the single process's order, with the same per-sample seeds.
+    single = EpochSampler(31, shuffle=True, seed=7, batch_size=4)
+    single.set_epoch(2)
+    order = list(single)
+    parts = []
+    for rank in range(3):
+        sampler = EpochSampler(31, shuffle=True, seed=7, rank=rank, world_size=3, batch_size=2)
+        sampler.set_epoch(2, start=8)
+        assert len(sampler) == sampler.steps(8) * 2 == (31 - 8) // 6 * 2
+        parts.append(list(sampler)[:2])  # this rank's share of the first step
+    assert sorted(p for part in parts for p in part) == sorted(order[8:14])
+
+
+def test_evaluation_sampler_keeps_every_sample_once():
+    samplers = [EpochSampler(23, shuffle=False, rank=r, world_size=4) for r in range(4)]
+    seen = sorted(i for s in samplers for i, _ in s)
+    assert seen == list(range(23))
 
 
 class _RedClassifier(nn.Module):
@@ -90,7 +112,7 @@ def test_evaluate_matches_hand_computed_accuracy():
     # top-1: 0, 1, 2, 3, 5, 0 -> hits at 0, 1, 3 = 3/6. top-5 excludes only the farthest class:
     # image 4 (value at centre 5) ranks class 0 last -> target 2 is in; image 5 (at centre 0) ranks 5 last -> out.
     images = values[:, None, None, None].expand(6, 3, 4, 4)
-    loader = [(images[:4], targets[:4], []), (images[4:], targets[4:], [])]
+    loader = [Collated((images[:4], targets[:4]), 4, [], 0), Collated((images[4:], targets[4:]), 2, [], 0)]
     metrics = evaluate(_RedClassifier(6), loader)
     assert metrics["top1"] == pytest.approx(50.0)
     assert metrics["top5"] == pytest.approx(100 * 5 / 6)
@@ -106,7 +128,7 @@ def test_synthetic_classes_are_not_given_away_by_colour_statistics():
 
     import numpy as np
 
-    from weightformer.train.synthetic import render_example
+    from weightformer.tasks.classification.synthetic import render_example
 
     def features(per_class: int, split: str):
         rows, labels = [], []

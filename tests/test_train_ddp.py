@@ -23,7 +23,7 @@ def _worker(rank: int, world_size: int, port: int, data_dir, out_dir) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    from weightformer.train import train
+    from weightformer.tasks.classification import train
 
     cfg = tiny_config(data_dir, out_dir / "runs", epochs=2, batch_size=3, base_batch_size=6, lr=None,
                       base_lr=1e-3, min_lr=1e-5, drop_path=0.1)
@@ -50,7 +50,7 @@ def _worker_one_image_per_rank(rank: int, world_size: int, port: int, data_dir, 
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    from weightformer.train import train
+    from weightformer.tasks.classification import train
 
     result = train(tiny_config(data_dir, out_dir / "runs", epochs=1, batch_size=1))
     torch.save(result["model"].state_dict(), out_dir / f"rank{rank}.pt")

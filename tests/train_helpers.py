@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from weightformer.train import load_config, make_synthetic_dataset
+from weightformer.tasks.classification import load_config, make_synthetic_dataset
 
 
 def tiny_dataset(root: Path) -> Path:

@@ -28,7 +28,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from weightformer.train import evaluate_folder
+    from weightformer.tasks.classification import evaluate_folder
 
     metrics = evaluate_folder(args.checkpoint, args.data_dir, args.split, args.model, args.img_size,
                               args.batch_size, args.workers, args.device, args.crop_pct)

@@ -13,7 +13,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from weightformer.train.plot import plot_run
+    from weightformer.engine.plot import plot_run
 
     print(plot_run(args.run_dir, args.out))
     return 0

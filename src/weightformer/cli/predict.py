@@ -17,7 +17,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from weightformer.train import predict
+    from weightformer.tasks.classification import predict
 
     results = predict(args.checkpoint, args.images, args.model, args.img_size, args.data_dir, args.top_k)
     for path, top in zip(args.images, results, strict=True):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ from .weightformer import checkpoint_filter_fn
 __all__ = ["read_state_dict", "load_checkpoint", "CheckpointMismatchError", "HUB_FILENAME"]
 
 HUB_FILENAME = "model.safetensors"
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
 
 
 class CheckpointMismatchError(ValueError):
@@ -20,21 +23,51 @@ class CheckpointMismatchError(ValueError):
 
 
 def read_state_dict(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint file safely: safetensors, or a torch pickle with `weights_only=True`."""
+    """Read a checkpoint file safely: safetensors, or a torch pickle with `weights_only=True`.
+
+    Raises FileNotFoundError for a missing file and ValueError, in one line naming the file, for anything that
+    is not a checkpoint: an empty file, random or truncated bytes, a pickle of arbitrary objects, a file that
+    holds something other than a dict.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not a checkpoint file.")
     if not path.is_file():
         raise FileNotFoundError(f"No checkpoint file at {path}.")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is empty (0 bytes): not a checkpoint.")
+    state = _read_safetensors(path) if path.suffix == ".safetensors" else _read_torch(path)
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict: not a checkpoint.")
+    return state
 
+
+def _read_safetensors(path: Path) -> dict[str, Any]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
         return load_file(str(path), device="cpu")
+    except SafetensorError as error:
+        raise ValueError(f"{path} is not a readable safetensors file ({error}).") from None
+
+
+def _read_torch(path: Path) -> Any:
+    with open(path, "rb") as f:
+        magic = f.read(4)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # a pickle holding more than tensors and plain containers, or not a checkpoint
-        raise ValueError(
-            f"Could not read {path} as a weights-only checkpoint ({type(error).__name__}: {error}). "
-            "Only tensors and plain containers are loaded, never arbitrary pickled objects."
-        ) from error
+    except pickle.UnpicklingError as error:
+        if magic != _ZIP_MAGIC:
+            raise ValueError(f"{path} is not a checkpoint (neither a PyTorch file nor safetensors).") from None
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+        what = f" ({found.group(1)})" if found else ""
+        raise ValueError(f"{path} holds pickled Python objects{what} besides tensors and plain containers; only "
+                         "weights are loaded (weights_only), never arbitrary objects.") from None
+    except Exception as error:  # EOFError, KeyError, RuntimeError from the zip reader, ...: not a torch file
+        if magic == _ZIP_MAGIC:
+            raise ValueError(f"{path} is a damaged or truncated PyTorch file ({type(error).__name__}).") from None
+        raise ValueError(f"{path} is not a checkpoint (neither a PyTorch file nor safetensors).") from None
 
 
 def _find_mismatches(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> dict[str, list[str]]:

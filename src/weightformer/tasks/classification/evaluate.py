@@ -14,8 +14,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from ..models import create_model, load_checkpoint, read_state_dict
-from .data import EpochSampler, FolderDataset, check_splits, eval_transform, make_loader, warn_skipped
+from ...engine.data import EpochSampler, make_loader, warn_skipped
+from ...models import create_model, load_checkpoint, read_state_dict
+from .data import FolderDataset, check_splits, collate_images, eval_transform
 
 __all__ = ["evaluate", "load_model_for_eval", "evaluate_folder", "predict", "class_names_for"]
 
@@ -25,21 +26,22 @@ def evaluate(model: nn.Module, loader: Any, device: torch.device | str = "cpu",
              amp_dtype: torch.dtype | None = None) -> dict[str, float]:
     """Top-1 / top-5 accuracy (%), mean cross-entropy and images/s of `model` over `loader`.
 
-    `loader` yields (images (B, 3, H, W), targets (B,)[, skipped]). Under torch.distributed the counts are
-    summed over processes, so each process may see its own share of the images.
+    `loader` yields `Collated` batches whose batch is (images (B, 3, H, W), targets (B,)), or None when every
+    image was unreadable. Under torch.distributed the counts are summed over processes, so each process may see
+    its own share of the images. Unreadable images are counted in `skipped_samples`.
     """
     device = torch.device(device)
     model.eval()
     totals = torch.zeros(5, dtype=torch.float64, device=device)  # correct@1, correct@5, loss sum, count, skipped
     autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
     start = time.perf_counter()
-    for batch in loader:
-        images, targets = batch[0].to(device), batch[1].to(device)
-        if len(batch) > 2 and batch[2]:
-            warn_skipped(batch[2])
-            totals[4] += len(batch[2])
-        if images.numel() == 0:
+    for collated in loader:
+        if collated.skipped:
+            warn_skipped(collated.skipped)
+            totals[4] += len(collated.skipped)
+        if collated.batch is None:
             continue
+        images, targets = (t.to(device) for t in collated.batch)
         with autocast:
             logits = model(images)  # (B, K)
         logits = logits.float()
@@ -56,13 +58,13 @@ def evaluate(model: nn.Module, loader: Any, device: torch.device | str = "cpu",
         dist.all_reduce(totals)
     correct1, correct5, loss_sum, count, skipped = totals.tolist()
     if count == 0:
-        raise ValueError("No readable images to evaluate.")
+        raise ValueError(f"No readable images to evaluate ({int(skipped)} unreadable).")
     return {
         "top1": 100.0 * correct1 / count,
         "top5": 100.0 * correct5 / count,
         "loss": loss_sum / count,
         "images": int(count),
-        "skipped_images": int(skipped),
+        "skipped_samples": int(skipped),
         "images_per_second": count / elapsed,
     }
 
@@ -128,8 +130,8 @@ def evaluate_folder(checkpoint: str | Path, data_dir: str | Path, split: str = "
     transform = eval_transform(info["img_size"], crop_pct or info["crop_pct"], info["interpolation"], cfg["mean"],
                                cfg["std"])
     dataset = FolderDataset(str(Path(data_dir) / split), transform=transform)
-    loader = make_loader(dataset, EpochSampler(len(dataset), shuffle=False, drop_remainder=False), batch_size,
-                         workers, train=False, pin_memory=device.type == "cuda")
+    loader = make_loader(dataset, EpochSampler(len(dataset), shuffle=False), batch_size, workers,
+                         collate_images, pin_memory=device.type == "cuda")
     amp_dtype = torch.bfloat16 if amp and device.type == "cuda" else None
     metrics = evaluate(model.to(device), loader, device, amp_dtype)
     return {**metrics, "img_size": info["img_size"], "model": info["model"], "checkpoint": str(checkpoint)}
@@ -147,11 +149,23 @@ def predict(checkpoint: str | Path, images: Sequence[str | Path], model_name: st
     model.eval()
     results = []
     for path in images:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"No image file at {path}.")
-        with Image.open(path) as image:
-            x = transform(image.convert("RGB"))[None]  # (1, 3, H, W)
+        x = transform(_open_image(path))[None]  # (1, 3, H, W)
         probs = model(x).softmax(dim=-1)[0]  # (K,)
         values, indices = probs.topk(min(top_k, len(probs)))
         results.append([(names[i], v) for i, v in zip(indices.tolist(), values.tolist(), strict=True)])
     return results
+
+
+def _open_image(path: str | Path) -> Image.Image:
+    """An RGB image, or a one-line error naming the file and the problem."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not an image file.")
+    if not path.is_file():
+        raise FileNotFoundError(f"No image file at {path}.")
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as error:  # PIL: UnidentifiedImageError, truncated data, ...
+        reason = "empty file" if path.stat().st_size == 0 else f"{type(error).__name__}: {error}"
+        raise ValueError(f"{path} is not a readable image ({reason}).") from None

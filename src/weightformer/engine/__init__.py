@@ -1,0 +1,34 @@
+"""The training engine: one loop (DDP, precision, EMA, checkpoints, resumption, logging, signals) for every task.
+
+    from weightformer.engine import Engine
+    from weightformer.tasks.classification import ClassificationTask, load_config
+    result = Engine(ClassificationTask(load_config("synthetic", epochs=2))).fit()
+"""
+
+from .config import EngineConfig, free, resume_differences
+from .data import Collated, EpochSampler, Unreadable, make_loader, warn_skipped
+from .distributed import Dist, all_reduce_sum
+from .loop import Engine, fit, resolve_run_dir
+from .optim import build_optimizer, build_scheduler, peak_lr
+from .task import Datasets, Task
+
+__all__ = [
+    "Engine",
+    "fit",
+    "Task",
+    "Datasets",
+    "EngineConfig",
+    "free",
+    "resume_differences",
+    "resolve_run_dir",
+    "Collated",
+    "Unreadable",
+    "EpochSampler",
+    "make_loader",
+    "warn_skipped",
+    "Dist",
+    "all_reduce_sum",
+    "build_optimizer",
+    "build_scheduler",
+    "peak_lr",
+]

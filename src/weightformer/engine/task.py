@@ -1,0 +1,74 @@
+"""The task interface: what a task (classification, generation, detection, ...) tells the engine.
+
+A task knows its data, its model, its loss and its metrics; the engine knows processes, devices, precision,
+the optimiser and schedule, EMA, clipping, checkpoints, resumption, logging, progress and signals. A task
+subclasses `Task` and fills in the methods below; `Engine(task).fit()` runs it, on one process or under
+torchrun, and nothing task-specific lives in the engine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch.utils.data import Dataset
+
+from .config import EngineConfig
+from .distributed import Dist
+
+__all__ = ["Task", "Datasets"]
+
+
+@dataclass
+class Datasets:
+    """A task's data: training and validation sets (items are samples or `Unreadable`), and a description."""
+
+    train: Dataset
+    val: Dataset | None
+    description: str  # for the run's first log line, e.g. "9 classes, 9000 train / 1800 val images from DIR"
+
+
+class Task:
+    """Base class of a task. Override every method that raises NotImplementedError; the others are optional."""
+
+    name = "task"
+    # The validation metric that selects best.pth, and whether higher is better.
+    best_metric: str = "loss"
+    best_is_higher: bool = False
+
+    def __init__(self, cfg: EngineConfig) -> None:
+        self.cfg = cfg
+
+    def build_datasets(self, d: Dist) -> Datasets:
+        """Build (and, on first use, generate) the data. Called on every rank, before the model is built."""
+        raise NotImplementedError
+
+    def build_model(self) -> nn.Module:
+        """The network, on the CPU, freshly initialised (the engine moves it, wraps it, loads checkpoints)."""
+        raise NotImplementedError
+
+    def collate(self, samples: list[Any], train: bool) -> tuple[Any, int]:
+        """Turn readable samples into a batch: (batch, number of samples it holds).
+
+        Returning fewer samples than given drops some (the engine counts them as `dropped_samples`).
+        """
+        raise NotImplementedError
+
+    def training_loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        """The scalar loss of one batch (already on the device, inside autocast); `model` may be DDP-wrapped."""
+        raise NotImplementedError
+
+    def evaluate(self, model: nn.Module, loader: Any, d: Dist, amp_dtype: torch.dtype | None) -> dict[str, float]:
+        """Named validation metrics of `model` over `loader` (yielding `Collated` batches; each rank sees its
+        share and the metrics must be summed over ranks). May include `skipped_samples`."""
+        raise NotImplementedError
+
+    def checkpoint_extras(self) -> dict[str, Any]:
+        """Plain values saved with every checkpoint (e.g. class names), for tools that read checkpoints."""
+        return {}
+
+    def report(self, model: nn.Module, run_dir: Path, epoch: int, d: Dist) -> None:
+        """Write a visual report of `model` after an evaluation (a sample grid, predictions drawn on images)."""
