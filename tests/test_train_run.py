@@ -45,35 +45,56 @@ def test_two_training_steps_lower_the_loss(tmp_path):
     assert _train_loss(result["model"], data) < _train_loss(init, data) - 0.02  # deterministic: no noise to beat
 
 
-def test_sigkill_mid_epoch_then_resume_auto_gives_identical_weights(tmp_path):
-    data = tiny_dataset(tmp_path / "data")
-    # 36 images, batch 4: 9 steps per epoch, a checkpoint every 2 steps; the kill lands in epoch 2 (or soon after).
-    settings = dict(batch_size=4, epochs=4, checkpoint_interval=2, keep_checkpoints=3, drop_path=0.1)
-    reference = train(tiny_config(data, tmp_path / "ref", **settings))["model"].state_dict()
+# 36 images, batch 4: 9 steps per epoch, a checkpoint every 2 steps; the signal lands in epoch 2 (or soon after).
+_INTERRUPTED = dict(batch_size=4, epochs=4, checkpoint_interval=2, keep_checkpoints=3, drop_path=0.1)
 
-    cfg = tiny_config(data, tmp_path / "runs", **settings)
-    config_file = tmp_path / "run.yaml"
-    config_file.write_text(yaml.safe_dump(cfg.to_dict()))
-    checkpoints = tmp_path / "runs" / "synthetic" / "checkpoints"
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The tiny dataset and the weights of the run the interrupted runs below must reproduce."""
+    root = tmp_path_factory.mktemp("uninterrupted")
+    data = tiny_dataset(root / "data")
+    return data, train(tiny_config(data, root / "ref", **_INTERRUPTED))["model"].state_dict()
+
+
+def _start_and_signal(config_file, checkpoints, sig):
+    """Start `weightformer train` in a subprocess; send `sig` once it has written step 12 (epoch 2, batch 3)."""
     process = subprocess.Popen([sys.executable, "-m", "weightformer", "train", "--config", str(config_file)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ})
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ})
     try:
         deadline = time.time() + 120
-        while not (checkpoints / "step-00000012.pth").exists():  # epoch 2 of 4, batch 3 of 9
+        while not (checkpoints / "step-00000012.pth").exists():
             assert process.poll() is None, process.stderr.read().decode()
             assert time.time() < deadline, "the training subprocess made no progress"
             time.sleep(0.002)
-        process.send_signal(signal.SIGKILL)
-        assert process.wait() == -signal.SIGKILL
+        process.send_signal(sig)
+        out, err = process.communicate(timeout=120)
     finally:
         process.kill()
-    assert not (checkpoints / "step-00000036.pth").exists()  # killed before the end of training
-    latest = torch.load(checkpoints / "last.pth", weights_only=True)
-    # last.pth follows step-12 a moment after it is written: the kill may land in between.
-    assert latest["step"] in (10, 12) and latest["epoch"] == 1
-    assert latest["samples_in_epoch"] > 0  # the resumption below starts mid-epoch
+    return process.returncode, out.decode(), err.decode()
 
-    resumed = train(tiny_config(data, tmp_path / "runs", resume="auto", **settings))
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_a_killed_or_preempted_run_resumes_to_identical_weights(tmp_path, uninterrupted, sig):
+    data, reference = uninterrupted
+    cfg = tiny_config(data, tmp_path / "runs", **_INTERRUPTED)
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text(yaml.safe_dump(cfg.to_dict()))
+    checkpoints = tmp_path / "runs" / "synthetic" / "checkpoints"
+    code, out, err = _start_and_signal(config_file, checkpoints, sig)
+    assert not (checkpoints / "step-00000036.pth").exists()  # stopped before the end of training
+    latest = torch.load(checkpoints / "last.pth", weights_only=True)
+    if sig == signal.SIGKILL:
+        assert code == -signal.SIGKILL
+        # last.pth follows step-12 a moment after it is written: the kill may land in between.
+        assert latest["step"] in (10, 12) and latest["epoch"] == 1
+        assert latest["samples_in_epoch"] > 0  # the resumption below starts mid-epoch
+    else:  # what SLURM and cloud schedulers send: a checkpoint at the next step boundary, then exit 0
+        assert code == 0, err
+        assert "Stopped by SIGTERM" in out and f"Preempted at step {latest['step']}" in out
+        assert 12 <= latest["step"] < 36 and "Traceback" not in err
+
+    resumed = train(tiny_config(data, tmp_path / "runs", resume="auto", **_INTERRUPTED))
     assert resumed["run_dir"] == tmp_path / "runs" / "synthetic"
     state = resumed["model"].state_dict()
     assert state.keys() == reference.keys()

@@ -55,6 +55,7 @@ class EngineConfig:
     device: str = free("auto")  # "auto", "cpu", "cuda"
     threads: int = free(0)  # CPU only: torch's intra-op threads; 0: the cores left over by the data workers (>= 1)
     compile: bool = free(False)  # torch.compile the model for training
+    compile_backend: str = free("inductor")  # torch.compile's backend ("inductor", "aot_eager", ...)
     workers: int = free(8)
     pin_memory: bool = free(True)
 

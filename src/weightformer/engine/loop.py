@@ -173,8 +173,6 @@ class Engine:
                 if not self._train_epoch(epoch):
                     return self._stopped()  # mid-epoch: its checkpoint is written
                 self._end_epoch(epoch)
-                if self.stopping:
-                    return self._stopped()
             _on_every_rank(lambda: self.task.report(self.model, self.run_dir, self.cfg.epochs, d), d, "report")
             return self._result(preempted=False)
         finally:
@@ -259,9 +257,8 @@ class Engine:
         if self.ema is not None and state is not None and state.get("ema") is not None:
             self.ema.load_state_dict(state["ema"])
         if cfg.compile:
-            self.train_model = torch.compile(self.train_model)
+            self.train_model = torch.compile(self.train_model, backend=cfg.compile_backend)
         self.counts_local = dict.fromkeys(COUNTERS, 0)
-        self.stopping = False
         self._set_schedule()
 
     def _load_state(self, state: dict[str, Any]) -> None:
@@ -317,19 +314,23 @@ class Engine:
         self.epoch_start = time.perf_counter()
         try:
             for collated in loader:
-                self._train_step(epoch, collated, bar)
-                if self.stopping and self.train_sampler.steps(self.pos.samples_in_epoch) > 0:
-                    self._save()  # mid-epoch; at the end of the epoch, the epoch's own checkpoint serves
+                if not self._train_step(epoch, collated, bar):
+                    self._save()  # at the boundary before this step: its batch is read again on resumption
                     return False
         finally:
             if bar is not None:
                 bar.close()
         return True
 
-    def _train_step(self, epoch: int, collated: Collated, bar) -> None:
-        """One step (or one that every rank skips), then the logging and checkpoint that fall due."""
+    def _train_step(self, epoch: int, collated: Collated, bar) -> bool:
+        """One step (or one that every rank skips), then the logging and checkpoint that fall due.
+
+        Returns False, without training, when a stop signal has reached any rank since the previous step.
+        """
+        empty, stop = self._sync_flags(collated.batch is None, self.preemption.requested)
+        if stop:
+            return False
         self._count(collated)
-        empty, self.stopping = self._sync_flags(collated.batch is None, self.preemption.requested)
         if not empty:
             self._optimise(collated.batch)
         self.pos.samples_in_epoch += self.global_batch
@@ -340,9 +341,9 @@ class Engine:
         if self.pos.step % self.cfg.log_interval == 0:
             self._log_interval(epoch, bar)
         end_of_epoch = self.train_sampler.steps(self.pos.samples_in_epoch) == 0
-        if self.cfg.checkpoint_interval and self.pos.step % self.cfg.checkpoint_interval == 0 and not end_of_epoch \
-                and not self.stopping:
+        if self.cfg.checkpoint_interval and self.pos.step % self.cfg.checkpoint_interval == 0 and not end_of_epoch:
             self._save()
+        return True
 
     def _stopped(self) -> dict[str, Any]:
         self._say(f"Stopped by {self.preemption.signal_name or 'a signal to another rank'}: checkpoint "

@@ -42,6 +42,9 @@ class Task:
     def __init__(self, cfg: EngineConfig) -> None:
         self.cfg = cfg
 
+    def prepare_data(self) -> None:
+        """Generate or download data once per node (called on each node's local rank 0, before build_datasets)."""
+
     def build_datasets(self, d: Dist) -> Datasets:
         """Build (and, on first use, generate) the data. Called on every rank, before the model is built."""
         raise NotImplementedError
