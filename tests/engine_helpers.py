@@ -61,8 +61,8 @@ class NumbersTask(Task):
         self.steps = 0
 
     def build_datasets(self, d) -> Datasets:
-        return Datasets(NumberDataset(self.cfg.samples, tuple(self.cfg.unreadable)), NumberDataset(self.cfg.val_samples),
-                        f"{self.cfg.samples} numbers")
+        train = NumberDataset(self.cfg.samples, tuple(self.cfg.unreadable))
+        return Datasets(train, NumberDataset(self.cfg.val_samples), f"{self.cfg.samples} numbers")
 
     def build_model(self) -> nn.Module:
         torch.manual_seed(0)
