@@ -17,7 +17,8 @@ import yaml
 import weightformer
 from train_helpers import tiny_config, tiny_dataset
 from weightformer.cli.main import main
-from weightformer.tasks.classification import train
+from weightformer.engine import fit
+from weightformer.tasks.classification import ClassificationTask, train
 from weightformer.tasks.classification.data import FolderDataset, eval_transform
 
 
@@ -103,6 +104,48 @@ def test_a_killed_or_preempted_run_resumes_to_identical_weights(tmp_path, uninte
     kept = sorted(p.name for p in checkpoints.glob("step-*.pth"))
     assert len(kept) == 3 and kept[-1] == "step-00000036.pth"  # pruned to keep_checkpoints
     assert (checkpoints / "best.pth").is_file()
+
+
+class _RecordingTask(ClassificationTask):
+    """The classification task, noting the targets its loss sees and the precision of the logits."""
+
+    def build_model(self):
+        model = super().build_model()
+        self.targets, self.logit_dtypes = [], []
+        model.head.register_forward_hook(lambda module, args, out: self.logit_dtypes.append(out.dtype))
+        criterion = self.criterion
+        self.criterion = lambda logits, targets: (self.targets.append(targets.detach()), criterion(logits, targets))[1]
+        return model
+
+
+def test_mixup_cutmix_fp16_and_tensorboard_on_the_classifier(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    data = tiny_dataset(tmp_path / "data")
+    sorted((data / "train").rglob("*.png"))[7].write_bytes(b"")  # an empty file: unreadable
+    sorted((data / "val").rglob("*.png"))[2].write_bytes(b"not a png")
+    cfg = tiny_config(data, tmp_path / "runs", batch_size=4, mixup=0.8, cutmix=1.0, smoothing=0.1, amp=True,
+                      amp_dtype="float16", tensorboard=True)
+    task = _RecordingTask(cfg)
+    result = fit(task)
+    # The batch that held the unreadable image had 3 images: batch-mode Mixup pairs them, so one more is dropped,
+    # and both are counted.
+    assert (result["skipped_samples"], result["dropped_samples"]) == (1, 1)
+    assert result["val_skipped_samples"] == 1 and result["val_images"] == 17
+    assert all(t.ndim == 2 and len(t) % 2 == 0 for t in task.targets)  # soft targets (B, K), even batches
+    mixed = torch.cat(task.targets)
+    torch.testing.assert_close(mixed.sum(dim=1), torch.ones(len(mixed)))
+    assert (mixed.max(dim=1).values < 0.85).any()  # two classes mixed in, not only label smoothing
+    assert set(task.logit_dtypes[: len(task.targets)]) == {torch.float16}  # autocast in training
+    last = torch.load(result["run_dir"] / "checkpoints" / "last.pth", weights_only=True)
+    assert last["scaler"]["scale"] > 0 and last["counts"] == {"skipped_samples": 1, "dropped_samples": 1}
+
+    events = EventAccumulator(str(result["run_dir"] / "tensorboard"))
+    events.Reload()
+    logged = [json.loads(line) for line in (result["run_dir"] / "metrics.jsonl").read_text().splitlines()]
+    train_losses = [r["loss"] for r in logged if r["kind"] == "train"]
+    assert [e.value for e in events.Scalars("train/loss")] == pytest.approx(train_losses, rel=1e-6)
+    assert events.Scalars("epoch/val_top1")[0].value == pytest.approx(result["val_top1"], rel=1e-6)
 
 
 def test_eval_predict_and_plot_on_a_trained_checkpoint(tmp_path, capsys):

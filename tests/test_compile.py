@@ -1,0 +1,50 @@
+"""`compile: true` trains through torch.compile: no graph breaks in the model, the same losses as eager."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import weightformer
+from train_helpers import tiny_config, tiny_dataset
+from weightformer.tasks.classification import train
+
+
+@pytest.mark.parametrize("dynamic_blocks", ["sparse", "all"])
+def test_the_model_compiles_to_one_graph_in_training_mode(dynamic_blocks):
+    torch.manual_seed(0)
+    model = weightformer.create_model("weightformer_tiny", num_classes=9, embed_dim=16, depth=3, patch_size=4,
+                                      img_size=16, drop_path_rate=0.1, dynamic_blocks=dynamic_blocks).train()
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(model)(torch.randn(4, 3, 16, 20))
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
+
+
+def _losses(run_dir):
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in records if r["kind"] == "train"]
+
+
+def _compare_compiled_with_eager(tmp_path, backend: str) -> None:
+    data = tiny_dataset(tmp_path / "data")
+    settings = dict(batch_size=9, epochs=1, drop_path=0.0)
+    eager = train(tiny_config(data, tmp_path / "eager", **settings))
+    torch._dynamo.reset()
+    compiled = train(tiny_config(data, tmp_path / "compiled", compile=True, compile_backend=backend, **settings))
+    assert len(_losses(compiled["run_dir"])) == 4
+    assert _losses(compiled["run_dir"]) == pytest.approx(_losses(eager["run_dir"]), rel=1e-4, abs=1e-5)
+    for key, value in eager["model"].state_dict().items():
+        torch.testing.assert_close(compiled["model"].state_dict()[key], value, rtol=1e-3, atol=1e-5)
+
+
+def test_compiled_training_gives_the_losses_of_eager_training(tmp_path):
+    # AOTAutograd traces forward and backward as inductor would, without the C++ build (minutes on 2 cores).
+    _compare_compiled_with_eager(tmp_path, "aot_eager")
+
+
+@pytest.mark.slow
+def test_inductor_compiled_training_gives_the_losses_of_eager_training(tmp_path):
+    _compare_compiled_with_eager(tmp_path, "inductor")
