@@ -1,8 +1,12 @@
-"""`weightformer bench` end to end on a tiny CPU run: the table, the JSON and the plot (speed is not asserted)."""
+"""`weightformer bench` end to end on a tiny CPU run: the numbers in the table, the JSON and the plot agree with
+each other and with what a step costs (training more than inference); no speed target is asserted."""
 
 from __future__ import annotations
 
 import json
+import statistics
+
+import pytest
 
 from weightformer.analysis.bench import BenchConfig
 from weightformer.cli.main import main
@@ -14,15 +18,31 @@ def test_batch_keeps_pixels_per_batch_constant():
     assert BenchConfig(base_batch=1).batch_for(896) == 1
 
 
-def test_bench_command_writes_table_json_and_plot(tmp_path, capsys):
+def test_bench_command_writes_a_consistent_table_json_and_plot(tmp_path, capsys):
     out = tmp_path / "run"
-    argv = ["bench", "--device", "cpu", "--resolutions", "224", "--base-batch", "1", "--rounds", "1", "--warmup", "1"]
+    argv = ["bench", "--device", "cpu", "--resolutions", "96", "224", "--base-batch", "1", "--rounds", "2",
+            "--warmup", "1", "--threads", "1"]
     assert main([*argv, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "wfm/deit speed" in printed and "wfm_ref/deit speed" in printed
     results = json.loads((tmp_path / "run.json").read_text())
-    contestants = {(r["mode"], r["contestant"]) for r in results["rows"]}
-    assert contestants == {(m, c) for m in ("inference", "train") for c in ("wfm", "wfm_ref", "deit")}
-    assert all(r["images_per_s"] > 0 and r["peak_memory_mb"] >= 0 for r in results["rows"])
+    rows = {(r["resolution"], r["mode"], r["contestant"]): r for r in results["rows"]}
+    modes, names = ("inference", "train"), ("wfm", "wfm_ref", "deit")
+    assert set(rows) == {(res, m, c) for res in (96, 224) for m in modes for c in names}
+    for (res, _, _), r in rows.items():
+        assert r["batch"] == BenchConfig(base_batch=1).batch_for(res) and len(r["times_s"]) == 2
+        assert r["median_s"] == pytest.approx(statistics.median(r["times_s"]))
+        assert r["images_per_s"] == pytest.approx(r["batch"] / r["median_s"])
+    for res in (96, 224):
+        for c in names:  # a training step (forward, backward, AdamW) costs more time and memory than inference
+            train, infer = rows[(res, "train", c)], rows[(res, "inference", c)]
+            assert train["images_per_s"] < infer["images_per_s"], (res, c)
+            assert train["peak_memory_mb"] > infer["peak_memory_mb"] > 0, (res, c)
+    for entry in results["ratios"]:
+        key = (entry["resolution"], entry["mode"])
+        for c in ("wfm", "wfm_ref"):
+            ratio = rows[(*key, c)]["images_per_s"] / rows[(*key, "deit")]["images_per_s"]
+            assert entry[f"{c}/deit speed"] == pytest.approx(ratio)
+            assert f"{entry[f'{c}/deit speed']:.2f}x" in printed  # the printed table shows the JSON's ratios
     assert results["environment"]["torch"] and results["config"]["model"] == "weightformer_tiny"
-    assert (tmp_path / "run.png").stat().st_size > 0
+    assert results["command"].startswith("weightformer ")
+    assert (tmp_path / "run.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

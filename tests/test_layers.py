@@ -11,11 +11,13 @@ import torch.nn.functional as F
 from reference import (
     adaptive_kernel_update_ref,
     adaptive_pool_ref,
+    bound_columns,
     bound_kernel,
     depthwise_conv_ref,
     dynamic_linear_ref,
     gelu_ref,
     outer_product_update_ref,
+    pool_2x2_ref,
 )
 from weightformer.analysis.flops import count_macs
 from weightformer.layers import (
@@ -84,22 +86,25 @@ def test_dynamic_linear_update_is_column_bounded_and_input_dependent():
 
 
 def test_dynamic_linear_divides_by_unpooled_token_count():
-    # Sum over the Np pooled tokens, divided by N = H*W: scaling the pre-normalisation update by 4 on a 2x
-    # upsampled (repeated) grid would break if the code divided by Np instead.
+    # The update sums over the Np pooled tokens but is divided by N = H*W (SPEC §2, a quirk the released weights
+    # depend on). Written out here step by step; dividing by Np instead gives a different (and here distinguishable)
+    # result, on even grids (N = 4 Np) and odd ones (N / Np is not 4).
     torch.manual_seed(2)
     layer = DynamicLinear(8, 16).double()
     _randomise(layer)
-    x = torch.randn(2, 4, 4, 8, dtype=torch.float64)
-    tiled = x.repeat(1, 2, 2, 1)  # same pooled statistics twice over in each direction -> 4x the tokens
     pred = layer.predictor
-    raw = outer_product_update_ref(x, pred.proj.weight, pred.proj.bias, pred.input_basis, pred.output_basis)
-    raw_tiled = outer_product_update_ref(tiled, pred.proj.weight, pred.proj.bias, pred.input_basis, pred.output_basis)
-    torch.testing.assert_close(raw, raw_tiled)  # 4x the pooled tokens, 4x N: the same update
-    torch.testing.assert_close(layer.predictor(tiled), layer.predictor(x))
-
-
-# -- dynamic depthwise conv ----------------------------------------------------------------------------------
-
+    for height, width in [(4, 4), (5, 7)]:
+        x = torch.randn(2, height, width, 8, dtype=torch.float64)
+        pooled = pool_2x2_ref(x).reshape(2, -1, 8)  # (B, Np, C)
+        uv = torch.einsum("bpc,oc->bpo", pooled, pred.proj.weight) + pred.proj.bias  # (B, Np, C/4 + D/4)
+        p = F.silu(uv[..., :2]) @ pred.input_basis  # (B, Np, C)
+        q = F.silu(uv[..., 2:]) @ pred.output_basis  # (B, Np, D)
+        summed = torch.einsum("bpc,bpd->bcd", p, q) / math.sqrt(8)  # (B, C, D), a sum over the pooled tokens
+        expected = bound_columns(summed / (height * width))
+        wrong = bound_columns(summed / pooled.shape[1])
+        got = pred(x).transpose(1, 2)  # (B, C, D)
+        torch.testing.assert_close(got, expected)
+        assert (got - wrong).abs().max() > 1e-3
 
 def _conv_update_ref(predictor, x):
     """dK (B, C, k, k) for each conv predictor, written from its docstring formula."""

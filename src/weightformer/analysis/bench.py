@@ -219,8 +219,16 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
         raise ValueError(f"compile_mode must be 'off', 'on' or 'both', got {cfg.compile_mode!r}.")
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but CUDA is not available.")
+    bad = [r for r in cfg.resolutions if r < 48 or r % 16]
+    if bad:
+        raise ValueError(f"Resolutions must be multiples of the patch size 16 and at least 48 (a 3x3 token grid); "
+                         f"got {', '.join(map(str, bad))}.")
+    if cfg.rounds < 1 or cfg.base_batch < 1 or cfg.warmup < 0:
+        raise ValueError(f"rounds and base batch must be at least 1 and warmup at least 0; got {cfg.rounds}, "
+                         f"{cfg.base_batch}, {cfg.warmup}.")
     if cfg.device == "cpu" and cfg.threads:
         torch.set_num_threads(cfg.threads)
+    log(f"weightformer bench: {cfg.model} vs {DEIT_OF[cfg.model]} on {cfg.device}")
     rows = []
     for resolution in cfg.resolutions:
         batch = cfg.batch_for(resolution)

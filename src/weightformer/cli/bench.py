@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 import torch
 
-from ..analysis.bench import DEIT_OF, MODES, BenchConfig, format_results, plot_results, run_bench
+from ..analysis.bench import MODES, BenchConfig, format_results, plot_results, run_bench
 
 _VARIANTS = {"tiny": "weightformer_tiny", "small": "weightformer_small"}
 
@@ -62,14 +63,27 @@ def run(args: argparse.Namespace) -> int:
         device=device,
         threads=args.threads,
     )
-    print(f"weightformer bench: {cfg.model} vs {DEIT_OF[cfg.model]} on {device}", file=sys.stderr)
+    out = Path(args.out)
+    json_path, png_path = out.with_name(out.name + ".json"), out.with_name(out.name + ".png")
+    _check_writable(json_path, png_path)  # before the measurements, not after: nothing is lost
     results = run_bench(cfg, log=lambda line: print(line, file=sys.stderr))
     results["command"] = "weightformer " + " ".join(sys.argv[1:]) if sys.argv else "weightformer bench"
     print(format_results(results))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    json_path, png_path = out.with_name(out.name + ".json"), out.with_name(out.name + ".png")
     json_path.write_text(json.dumps(results, indent=2))
     plot_results(results, str(png_path))
     print(f"\nwrote {json_path} and {png_path}")
     return 0
+
+
+def _check_writable(*paths: Path) -> None:
+    """Raise a one-line ValueError unless every path's folder exists or can be made, and can be written to."""
+    for path in paths:
+        parent = path.parent
+        existing = next(p for p in (parent, *parent.parents) if p.exists())
+        if not existing.is_dir():
+            raise ValueError(f"--out {path.with_suffix('')}: {existing} is a file, not a folder.")
+        if path.is_dir():
+            raise ValueError(f"--out {path.with_suffix('')}: {path} is a folder.")
+        parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(parent, os.W_OK):
+            raise ValueError(f"--out {path.with_suffix('')}: cannot write to {parent}.")

@@ -10,8 +10,22 @@ import sys
 SUBCOMMAND_MODULES = ["models", "train", "eval", "predict", "plot", "bench"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line, like every other error of the command (the full usage is one --help away).
+
+    No abbreviated flags: `--epoch 3` must not quietly set `epochs`, nor `--lr` one day mean another key.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="weightformer",
         description="WeightFormer: linear-time global visual modeling without explicit attention.",
     )
@@ -23,15 +37,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # said by the subcommand, which is where the flag was meant to go
+        prog = f"weightformer {args.command}" if args.command else "weightformer"
+        parser.exit(2, f"{prog}: error: unrecognized arguments: {' '.join(unknown)} (see {prog} --help)\n")
     if args.command is None:
         parser.print_help()
         return 0
     try:
         return args.func(args) or 0
-    except (ValueError, FileNotFoundError) as error:
-        print(f"weightformer {args.command}: error: {error}", file=sys.stderr)
+    except (ValueError, OSError) as error:  # bad input: a file, a folder, a value; said in one line
+        print(f"weightformer {args.command}: error: {_one_line(error)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"weightformer {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error) if not isinstance(error, OSError) or not error.filename else \
+        f"{error.filename}: {error.strerror or error}"
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":

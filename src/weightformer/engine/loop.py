@@ -167,6 +167,7 @@ class Engine:
         state = self._open_run()
         self._build_data()
         self._build_training(state)
+        self._write_run_folder()
         self._announce()
         try:
             for epoch in range(self.pos.epoch, self.cfg.epochs):
@@ -210,11 +211,14 @@ class Engine:
         self.changes = _check_resume(state, source, cfg, d) if state is not None else {}
         self.resumed_from = source if state is not None else None
         self.checkpoints = CheckpointDir(self.run_dir / "checkpoints", keep=cfg.keep_checkpoints)
-        if d.primary:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        self.log = MetricsLog(self.run_dir, d.primary, cfg.tensorboard)
         return state
+
+    def _write_run_folder(self) -> None:
+        """Create the run folder once everything has been built: a run that fails to start leaves nothing."""
+        if self.d.primary:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+        self.log = MetricsLog(self.run_dir, self.d.primary, self.cfg.tensorboard)
 
     def _build_data(self) -> None:
         cfg, d, task = self.cfg, self.d, self.task

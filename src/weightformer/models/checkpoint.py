@@ -83,8 +83,11 @@ def _find_mismatches(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> d
     }
 
 
-def load_checkpoint(model: nn.Module, source: str | Path | dict[str, Any], strict: bool = True) -> nn.Module:
+def load_checkpoint(model: nn.Module, source: str | Path | dict[str, Any], strict: bool = True,
+                    origin: str | Path | None = None) -> nn.Module:
     """Load a checkpoint file (or an in-memory state dict) into `model`, translating the release's names.
+
+    `origin` names an in-memory state dict's file in error messages.
 
     Raises `CheckpointMismatchError` naming the missing, unexpected and wrongly shaped keys when the
     checkpoint belongs to another architecture or size; the model is left untouched in that case.
@@ -98,7 +101,7 @@ def load_checkpoint(model: nn.Module, source: str | Path | dict[str, Any], stric
             for title, keys in found.items()
             if keys
         ]
-        origin = "the given state dict" if isinstance(source, dict) else str(source)
+        origin = origin or ("the given state dict" if isinstance(source, dict) else source)
         raise CheckpointMismatchError(
             f"Checkpoint {origin} does not fit this {type(model).__name__}: "
             + "; ".join(problems)

@@ -91,7 +91,7 @@ def load_model_for_eval(checkpoint: str | Path, model_name: str | None = None, i
     if config:
         kwargs["img_size"] = config["img_size"]
     model = create_model(name, num_classes=num_classes, **kwargs)
-    load_checkpoint(model, weights)
+    load_checkpoint(model, weights, origin=checkpoint)
     size = size or model.pretrained_cfg["input_size"][-1]
     # Our runs evaluate with their recipe's crop; the release's files with the release's (pretrained_cfg).
     crop_pct = config.get("crop_pct", model.pretrained_cfg.get("crop_pct", 224 / 256))

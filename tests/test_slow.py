@@ -1,0 +1,24 @@
+"""Slow suite (`python -m pytest -q -m slow`): the README's main job end to end, as a user runs it."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.slow
+def test_the_embedded_default_run_learns_its_task(tmp_path):
+    # `weightformer train` with no arguments (only the output folder moved): 8 epochs on the generated
+    # shape-pairs dataset, ~5 minutes on 2 CPU cores. Chance is 11 %; the README reports 100 %.
+    done = subprocess.run([sys.executable, "-m", "weightformer", "train", "--output-dir", str(tmp_path),
+                           "--progress", "false"], capture_output=True, text=True, timeout=1800,
+                          env={**os.environ})
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = re.search(r"Done: val top-1 ([\d.]+) %", done.stdout)
+    assert found and float(found.group(1)) >= 95.0, done.stdout[-3000:]
+    assert (tmp_path / "synthetic" / "predictions.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "synthetic" / "checkpoints" / "best.pth").is_file()
