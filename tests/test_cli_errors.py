@@ -51,7 +51,8 @@ def _train(files, *args):
 B = "{bad}"  # a placeholder for the folder of bad files
 CASES = {
     # train: the recipe file
-    "train-config-missing": (lambda f: ["train", "--config", f"{B}/missing.yaml"], "No config file at {bad}/missing.yaml"),
+    "train-config-missing": (lambda f: ["train", "--config", f"{B}/missing.yaml"],
+                             "No config file at {bad}/missing.yaml"),
     "train-config-empty": (lambda f: ["train", "--config", f"{B}/empty.yaml"], "empty.yaml is empty"),
     "train-config-corrupt": (lambda f: ["train", "--config", f"{B}/corrupt.yaml"], "corrupt.yaml is not valid YAML"),
     "train-config-binary": (lambda f: ["train", "--config", f"{B}/binary.yaml"], "binary.yaml is not"),
