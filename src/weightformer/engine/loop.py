@@ -296,6 +296,9 @@ class Engine:
         print(f"Run {self.run_dir}: {n_params / 1e6:.2f} M parameters; {self.data.description}; "
               f"{self.d.world_size} process(es) on {self.d.device.type}, global batch {self.global_batch}, "
               f"peak lr {self.lr:.3g}, {self.steps_per_epoch} steps per epoch.", flush=True)
+        if self.pos.epoch >= self.cfg.epochs:
+            print(f"Nothing to train: {self.run_dir} has finished its {self.cfg.epochs} epochs (to train longer, "
+                  "resume with a larger --epochs and --resume-override epochs).", flush=True)
         if self.resumed_from is not None:
             changed = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in self.changes.items())
             print(f"Resumed from {self.resumed_from}: epoch {self.pos.epoch + 1}, sample {self.pos.samples_in_epoch}"
