@@ -61,6 +61,8 @@ class NumbersTask(Task):
         self.steps = 0
 
     def build_datasets(self, d) -> Datasets:
+        if self.cfg.samples <= 0:
+            raise FileNotFoundError(f"no samples here ({self.cfg.samples})")
         train = NumberDataset(self.cfg.samples, tuple(self.cfg.unreadable))
         return Datasets(train, NumberDataset(self.cfg.val_samples), f"{self.cfg.samples} numbers")
 

@@ -65,12 +65,17 @@ def test_a_new_world_size_resumes_at_the_same_sample(tmp_path):
 def _separate_disks(rank: int, port: int, out, unreadable: int) -> None:
     _join(rank, 2, port)
     runs = out / f"disk{rank}"  # each rank its own output folder: nothing shared
+    try:  # data missing on rank 1 only: every rank stops at start-up with rank 1's message, none hangs
+        fit(NumbersTask(numbers_config(runs, samples=24 if rank == 0 else 0)))
+        startup_error = None
+    except ValueError as error:
+        startup_error = str(error)
     first = fit(NumbersTask(numbers_config(runs, epochs=1, unreadable=[unreadable])))
     task = NumbersTask(numbers_config(runs, epochs=2, resume="auto", resume_override="epochs", unreadable=[unreadable]))
     second = fit(task)
     (out / f"rank{rank}.json").write_text(json.dumps(dict(
         first_dir=str(first["run_dir"]), second_dir=str(second["run_dir"]), step=second["step"], seen=task.seen,
-        skipped=second["skipped_samples"])))
+        skipped=second["skipped_samples"], startup_error=startup_error)))
 
 
 def test_ranks_without_a_shared_disk_resume_the_state_rank_0_read(tmp_path):
@@ -80,6 +85,8 @@ def test_ranks_without_a_shared_disk_resume_the_state_rank_0_read(tmp_path):
     unreadable = next(iter(sampler))[0]
     mp.start_processes(_separate_disks, args=(_free_port(), tmp_path, unreadable), nprocs=2, start_method="spawn")
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    expected = "Building the datasets failed on rank 1: FileNotFoundError: no samples here (0)"
+    assert [r["startup_error"] for r in reports] == [expected, expected]
     assert reports[0]["first_dir"] == reports[1]["first_dir"] == str(tmp_path / "disk0" / "numbers")
     assert reports[0]["second_dir"] == reports[1]["second_dir"]  # rank 0 decided, rank 1 followed
     assert not (tmp_path / "disk1").exists()  # rank 1 wrote nothing and found nothing
