@@ -63,6 +63,20 @@ def test_no_weight_decay_on_norms_and_biases():
     assert any("predictor" in names[i] for i in decay) and any(names[i].endswith("bias") for i in no_decay)
 
 
+def test_layer_decay_scales_the_lr_per_block_and_the_schedule_keeps_the_scales():
+    model = weightformer.create_model("weightformer_tiny", embed_dim=32, depth=3, num_classes=5)
+    cfg = load_config("tiny", layer_decay=0.5, epochs=2, warmup_epochs=0)
+    optimizer = build_optimizer(model, cfg, lr=1e-3)
+    names = {id(p): n for n, p in model.named_parameters()}
+    scale = {names[id(p)]: g["lr_scale"] for g in optimizer.param_groups for p in g["params"]}
+    assert scale["head.weight"] == 1.0 and scale["blocks.2.norm2.weight"] == 0.5
+    assert scale["patch_embed.proj.weight"] == 0.5**4
+    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch=5)
+    scheduler.step_update(num_updates=0)
+    lrs = {names[id(g["params"][0])]: g["lr"] for g in optimizer.param_groups}
+    assert lrs["patch_embed.proj.weight"] == pytest.approx(1e-3 * 0.5**4)
+
+
 def test_schedule_warms_up_per_step_then_cosine_to_min_lr():
     cfg = load_config("tiny", epochs=10, warmup_epochs=2)
     model = torch.nn.Linear(4, 4)

@@ -74,6 +74,7 @@ class EngineConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     weight_decay: float = 0.05  # not on 1-D parameters (norms, biases): timm's filter_bias_and_bn
     clip_grad: float | None = 5.0
+    layer_decay: float | None = None  # layer-wise lr decay (fine-tuning): lr x decay^(depth - layer)
     amp: bool = True  # mixed precision (autocast), on any device
     amp_dtype: str = "float16"  # "float16" (with a grad scaler) or "bfloat16"
     model_ema: bool = False

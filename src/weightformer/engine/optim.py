@@ -24,9 +24,10 @@ def peak_lr(cfg: EngineConfig, world_size: int) -> float:
 
 
 def build_optimizer(model: nn.Module, cfg: EngineConfig, lr: float) -> torch.optim.Optimizer:
-    """timm's optimizer factory: weight decay on matrices and kernels, none on 1-D parameters (norms, biases)."""
+    """timm's optimizer factory: weight decay on matrices and kernels, none on 1-D parameters (norms, biases);
+    with `layer_decay`, each layer group of `model.group_matcher` gets lr x layer_decay^(depth - layer)."""
     return create_optimizer_v2(model, opt=cfg.opt, lr=lr, weight_decay=cfg.weight_decay, eps=cfg.opt_eps,
-                               betas=tuple(cfg.betas), filter_bias_and_bn=True)
+                               betas=tuple(cfg.betas), filter_bias_and_bn=True, layer_decay=cfg.layer_decay)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: EngineConfig, steps_per_epoch: int):
