@@ -95,3 +95,15 @@ def test_segmentation_trains_on_the_engine_and_evaluates_from_its_checkpoint(tmp
     assert metrics["miou"] == pytest.approx(result["val_miou"]) and metrics["images"] == 4
     assert main(["segment", "eval", str(checkpoint), "--data-dir", str(tmp_path / "nowhere")]) == 2
     assert "No folder" in capsys.readouterr().err
+
+    image = data / "images" / "validation" / "00000.png"
+    assert main(["segment", "predict", str(image), "--checkpoint", str(checkpoint), "--out", str(tmp_path)]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(str(tmp_path / "00000-segmentation.png") + ": ")
+    shares = [float(part.split()[-2]) for part in line.split(": ", 1)[1].split(", ")]
+    assert sum(shares) == pytest.approx(100, abs=0.5)
+    with Image.open(tmp_path / "00000-segmentation.png") as written:
+        assert written.size == (96, 48)  # the image and its overlay side by side
+    (tmp_path / "broken.png").write_bytes(b"")
+    assert main(["segment", "predict", str(tmp_path / "broken.png"), "--checkpoint", str(checkpoint)]) == 2
+    assert "broken.png is not a readable image (empty file)" in capsys.readouterr().err

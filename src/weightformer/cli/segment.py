@@ -1,4 +1,4 @@
-"""`weightformer segment train|eval`: semantic segmentation (UperNet on WeightFormer or DeiT) on the engine."""
+"""`weightformer segment train|eval|predict`: semantic segmentation (UperNet on WeightFormer or DeiT) on the engine."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import os
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     from weightformer.tasks.segmentation import add_config_arguments
 
-    parser = subparsers.add_parser("segment", help="semantic segmentation: train or evaluate UperNet on WeightFormer")
+    parser = subparsers.add_parser("segment",
+                                   help="semantic segmentation: train, evaluate or apply UperNet on WeightFormer")
     commands = parser.add_subparsers(dest="segment_command", metavar="SUBCOMMAND", required=True)
     train = commands.add_parser(
         "train", help="train (default: the embedded shapes dataset on the CPU)",
@@ -26,6 +27,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--inference", choices=["whole", "slide"], default=None)
     evaluate.add_argument("--json", action="store_true")
     evaluate.set_defaults(func=run_eval)
+    predict = commands.add_parser("predict", help="segment images; writes image + overlay PNGs")
+    predict.add_argument("images", nargs="+", metavar="IMAGE")
+    predict.add_argument("--checkpoint", required=True)
+    predict.add_argument("--out", default="segmentations", help="folder for the PNGs (default: segmentations)")
+    predict.add_argument("--inference", choices=["whole", "slide"], default=None)
+    predict.set_defaults(func=run_predict)
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -46,4 +53,13 @@ def run_eval(args: argparse.Namespace) -> int:
     else:
         print(f"{metrics['images']} images: mIoU {metrics['miou']:.2f} %, mAcc {metrics['macc']:.2f} %, "
               f"aAcc {metrics['aacc']:.2f} %")
+    return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from weightformer.tasks.segmentation.evaluate import predict_images
+
+    for path, fractions in predict_images(args.checkpoint, args.images, args.out, args.inference):
+        shares = ", ".join(f"{name} {100 * f:.1f} %" for name, f in fractions.items())
+        print(f"{path}: {shares}")
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 from ...engine.data import warn_skipped
 from .data import IGNORE_INDEX
 
-__all__ = ["confusion_matrix", "scores", "infer", "evaluate"]
+__all__ = ["confusion_matrix", "scores", "infer", "evaluate", "load_segmenter", "evaluate_checkpoint", "predict_images"]
 
 
 def confusion_matrix(pred: torch.Tensor, label: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -89,28 +90,74 @@ def evaluate(model: nn.Module, loader: Any, device: torch.device, num_classes: i
     return {**scores(confusion), "images": int(counts[0]), "skipped_samples": int(counts[1])}
 
 
-def evaluate_checkpoint(checkpoint: str, data_dir: str, split: str = "validation", inference: str | None = None,
-                        device: str = "auto") -> dict[str, Any]:
-    """Evaluate a checkpoint of `weightformer segment train` on <data_dir>/images|annotations/<split>."""
+def load_segmenter(checkpoint: str | Path) -> tuple[nn.Module, Any]:
+    """The model and config of a `weightformer segment train` checkpoint, weights loaded, on the CPU."""
     from ...engine.checkpoint import read_training_checkpoint
-    from ...engine.data import EpochSampler, make_loader
     from .config import SegmentationConfig
-    from .data import SegmentationFolder, find_pairs
     from .task import SegmentationTask
 
     state = read_training_checkpoint(checkpoint)
     if state.get("task") != "segmentation":
         raise ValueError(f"{checkpoint} is a {state.get('task', 'classification')} checkpoint, not a segmentation one.")
-    cfg = SegmentationConfig.from_dict({**state["config"], "data_dir": str(data_dir), "initial_checkpoint": None})
-    task = SegmentationTask(cfg)
-    model = task.build_model()
+    cfg = SegmentationConfig.from_dict({**state["config"], "initial_checkpoint": None})
+    model = SegmentationTask(cfg).build_model()
     model.load_state_dict(state["model"])
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       "cpu" if device == "auto" else device)
+    return model.eval(), cfg
+
+
+def _device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path, split: str = "validation",
+                        inference: str | None = None, device: str = "auto") -> dict[str, Any]:
+    """Evaluate a checkpoint of `weightformer segment train` on <data_dir>/images|annotations/<split>."""
+    from ...engine.data import EpochSampler, make_loader
+    from .data import SegmentationFolder, find_pairs
+
     pairs, _ = find_pairs(data_dir, split)
+    model, cfg = load_segmenter(checkpoint)
     dataset = SegmentationFolder(pairs, cfg.num_classes, train=False, scale=tuple(cfg.scale), crop_size=cfg.crop_size,
                                  reduce_zero_label=cfg.reduce_zero_label)
-    loader = make_loader(dataset, EpochSampler(len(dataset), shuffle=False), 1, 0,
-                         lambda samples: task.collate(samples, train=False))
+    loader = make_loader(dataset, EpochSampler(len(dataset), shuffle=False), 1, 0, _collate_lists)
+    dev = _device(device)
     return evaluate(model.to(dev), loader, dev, cfg.num_classes, None, inference or cfg.inference, cfg.crop_size,
                     cfg.slide_stride)
+
+
+def _collate_lists(samples: list[Any]) -> tuple[Any, int]:
+    return ([s[0] for s in samples], [s[1] for s in samples]), len(samples)
+
+
+@torch.no_grad()
+def predict_images(checkpoint: str | Path, images: list[str | Path], out_dir: str | Path,
+                   inference: str | None = None) -> list[tuple[Path, dict[str, float]]]:
+    """Segment each image; write <out_dir>/<stem>-segmentation.png (image, prediction overlay) and return, per
+    image, the PNG's path and the fraction of pixels of each predicted class."""
+    import numpy as np
+    from PIL import Image
+
+    from ..classification.evaluate import _open_image
+    from .data import SegmentationFolder
+    from .report import colourise
+
+    model, cfg = load_segmenter(checkpoint)
+    names = cfg.class_names or [f"class {i}" for i in range(cfg.num_classes)]
+    fit = SegmentationFolder([], cfg.num_classes, train=False, scale=tuple(cfg.scale), crop_size=cfg.crop_size)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for path in images:
+        image = _open_image(path)
+        resized, _ = fit._fit(image, None, 1.0)
+        x = (torch.from_numpy(np.array(resized)).permute(2, 0, 1).float() / 255 - fit.mean) / fit.std  # (3, h, w)
+        logits = infer(model, x, inference or cfg.inference, cfg.crop_size, cfg.slide_stride)[None]
+        pred = F.interpolate(logits, size=(image.height, image.width), mode="bilinear")[0].argmax(0).numpy()
+        overlay = (0.4 * np.asarray(image) + 0.6 * colourise(pred, cfg.num_classes)).astype(np.uint8)
+        target = out_dir / f"{Path(path).stem}-segmentation.png"
+        Image.fromarray(np.concatenate([np.asarray(image), overlay], axis=1)).save(target)
+        counts = np.bincount(pred.ravel(), minlength=cfg.num_classes) / pred.size
+        results.append((target, {names[c]: float(counts[c]) for c in np.argsort(-counts) if counts[c] > 0}))
+    return results
