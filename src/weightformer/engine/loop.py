@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn as nn
 import yaml
 from timm.utils import ModelEmaV3, dispatch_clip_grad
 from torch.nn.parallel import DistributedDataParallel
@@ -243,6 +244,8 @@ class Engine:
         """Model, optimiser, schedule, scaler; then the checkpoint's state; then DDP, EMA and compilation."""
         cfg, d = self.cfg, self.d
         model = _on_every_rank(self.task.build_model, d, "Building the model")
+        if d.world_size > 1 and d.device.type == "cuda":  # batch statistics over the global batch (CUDA only)
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model.to(d.device)
         self.lr = peak_lr(cfg, d.world_size)
         self.optimizer = build_optimizer(self.model, cfg, self.lr)
