@@ -22,3 +22,15 @@ def test_the_embedded_default_run_learns_its_task(tmp_path):
     assert found and float(found.group(1)) >= 95.0, done.stdout[-3000:]
     assert (tmp_path / "synthetic" / "predictions.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "synthetic" / "checkpoints" / "best.pth").is_file()
+
+
+@pytest.mark.slow
+def test_the_embedded_segmentation_default_reaches_70_miou(tmp_path):
+    # `weightformer segment train` with no arguments: 8 epochs on the generated shapes scenes (~8 minutes on
+    # 2 cores); the README reports 81.6 % mIoU.
+    done = subprocess.run([sys.executable, "-m", "weightformer", "segment", "train", "--output-dir", str(tmp_path),
+                           "--progress", "false"], capture_output=True, text=True, timeout=1800, env={**os.environ})
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = re.search(r"Done: val mIoU ([\d.]+) %", done.stdout)
+    assert found and float(found.group(1)) >= 70.0, done.stdout[-3000:]
+    assert (tmp_path / "segmentation-synthetic" / "predictions.png").read_bytes()[:4] == b"\x89PNG"
