@@ -37,7 +37,7 @@ def _guided(
     """Initial noise (N or 2N, C, H, W), labels and the model function, doubled for guidance when cfg_scale > 1."""
     height, width = (latent_size, latent_size) if isinstance(latent_size, int) else latent_size
     n = class_labels.shape[0]
-    dtype = next(model.parameters()).dtype
+    dtype = next(iter([*model.parameters(), *model.buffers()]), torch.empty(0)).dtype  # the model's, else default
     z = torch.randn(n, model.in_channels, height, width, generator=generator, device=class_labels.device, dtype=dtype)
     z = z * noise_scale
     if cfg_scale <= 1.0:
