@@ -271,7 +271,7 @@ class WeightFormerDiT(nn.Module):
         if t.shape != (x.shape[0],) or y.shape != (x.shape[0],):
             raise ValueError(f"t and y must have shape ({x.shape[0]},), one per latent; got {tuple(t.shape)} and "
                              f"{tuple(y.shape)}.")
-        if not torch.compiler.is_compiling() and y.numel():
+        if not torch.compiler.is_compiling() and y.numel():  # reads two numbers back from the device
             top = self.y_embedder.embedding_table.num_embeddings - 1  # num_classes is "no class" when trained for CFG
             low, high = int(y.min()), int(y.max())
             if low < 0 or high > top:
@@ -295,7 +295,7 @@ class WeightFormerDiT(nn.Module):
         """
         self.check_input(x, t, y)
         x = to_nhwc(self.x_embedder.proj(x))  # (N, h, w, D)
-        x = x + sincos_pos_embed_2d(self.hidden_size, x.shape[1], x.shape[2]).to(x)  # (N, h, w, D)
+        x = x + _sincos_2d_cached(self.hidden_size, x.shape[1], x.shape[2], x.device, x.dtype)  # (N, h, w, D)
         c = self.t_embedder(t) + self.y_embedder(y, self.training)  # (N, D)
         for block in self.blocks:
             x = block(x, c)  # (N, h, w, D)
@@ -333,21 +333,24 @@ def _sincos_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
 
 
 @lru_cache(maxsize=16)
-def _sincos_2d_cached(dim: int, height: int, width: int) -> torch.Tensor:
+def _sincos_2d_cached(dim: int, height: int, width: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """One copy per grid, device and dtype, so a forward pass copies nothing to the device."""
     rows, cols = torch.meshgrid(
         torch.arange(height, dtype=torch.float64), torch.arange(width, dtype=torch.float64), indexing="ij"
     )  # (h, w) each
     # As in DiT (MAE's helper, whose grid puts w first): the first half of the channels encodes the column.
     emb = torch.cat([_sincos_1d(dim // 2, cols.flatten()), _sincos_1d(dim // 2, rows.flatten())], dim=1)
-    return emb.reshape(height, width, dim)
+    return emb.reshape(height, width, dim).to(device=device, dtype=dtype)
 
 
-def sincos_pos_embed_2d(dim: int, height: int, width: int) -> torch.Tensor:
-    """DiT's fixed 2-D sin-cos position embedding for an h x w token grid: (h, w, dim), float64 on the CPU.
+def sincos_pos_embed_2d(
+    dim: int, height: int, width: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float64
+) -> torch.Tensor:
+    """DiT's fixed 2-D sin-cos position embedding for an h x w token grid: (h, w, dim).
 
-    For a square grid this is DiT's `get_2d_sincos_pos_embed(dim, h)` reshaped to the grid.
+    For a square grid this is DiT's `get_2d_sincos_pos_embed(dim, h)` reshaped to the grid; computed in float64.
     """
-    return _sincos_2d_cached(dim, height, width)
+    return _sincos_2d_cached(dim, height, width, torch.device(device), dtype).clone()
 
 
 #################################################################################
