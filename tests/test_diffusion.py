@@ -193,6 +193,12 @@ def test_respacing_keeps_the_cumulative_alphas_and_calls_the_model_with_original
     assert len(kept) == 250 and kept[:3] == [0, 4, 8] and kept[-1] == 999
     assert space_timesteps(1000, "ddim50") == list(range(0, 1000, 20))
     assert space_timesteps(100, "10,5") == [0, 5, 11, 16, 22, 27, 33, 38, 44, 49, 50, 62, 74, 87, 99]
+    # 21 of 1000: stride 49.95 puts some steps on exact .5 ties; DiT accumulates the position, so does this.
+    position, expected = 0.0, []
+    for _ in range(21):
+        expected.append(round(position))
+        position += 999 / 20
+    assert space_timesteps(1000, 21) == expected and expected != [round(999 / 20 * j) for j in range(21)]
     spaced = create_diffusion("250")
     torch.testing.assert_close(spaced.alphas_cumprod, diffusion.alphas_cumprod[kept], rtol=1e-12, atol=0)
     seen = []

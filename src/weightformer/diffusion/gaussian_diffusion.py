@@ -62,7 +62,10 @@ def space_timesteps(num_timesteps: int, section_counts: str | int | Iterable[int
         if not 1 <= count <= size:
             raise ValueError(f"Cannot take {count} steps from a section of {size} of the {num_timesteps} timesteps.")
         stride = 1 if count <= 1 else (size - 1) / (count - 1)
-        steps += [start + round(stride * j) for j in range(count)]
+        position = 0.0
+        for _ in range(count):  # accumulated, not stride * j: the rounding of ties then matches DiT's steps
+            steps.append(start + round(position))
+            position += stride
         start += size
     return sorted(set(steps))
 
