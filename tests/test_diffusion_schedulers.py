@@ -54,7 +54,7 @@ class ExactNoise(nn.Module):
         return torch.cat([eps, torch.zeros_like(eps)], dim=1) if self.learn_sigma else eps
 
 
-@pytest.mark.parametrize("name", ["ddpm", "ddim", "dpm"])
+@pytest.mark.parametrize("name", ["ddpm", "ddim", "dpm", "pndm"])
 def test_every_scheduler_recovers_x0_from_exact_noise(name):
     x0 = torch.rand(3, 4, 6, 10, generator=torch.Generator().manual_seed(0)) * 2 - 1
     common = dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02)
@@ -62,6 +62,7 @@ def test_every_scheduler_recovers_x0_from_exact_noise(name):
         "ddpm": lambda: ddpm_scheduler(),
         "ddim": lambda: diffusers.DDIMScheduler(**common, clip_sample=False),
         "dpm": lambda: diffusers.DPMSolverMultistepScheduler(**common),
+        "pndm": lambda: diffusers.PNDMScheduler(**common, skip_prk_steps=True, set_alpha_to_one=True),  # no generator
     }[name]()
     labels = torch.tensor([2, 0])
     out = sample(ExactNoise(x0), scheduler, labels, (6, 10), num_inference_steps=20,

@@ -6,6 +6,7 @@ label and once with the "no class" id, and the model's `forward_with_cfg` mixes 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -112,6 +113,8 @@ def sample(
     else:
         scheduler.set_timesteps(num_inference_steps, device=device)
     channels = model.in_channels
+    # Stochastic schedulers draw their noise from `generator`; deterministic ones (PNDM, ...) take none.
+    step_kwargs = dict(generator=generator) if "generator" in inspect.signature(scheduler.step).parameters else {}
     with _eval_mode(model), torch.no_grad():
         x, y, model_fn = _guided(model, class_labels, latent_size, cfg_scale, guided_channels, generator,
                                  float(scheduler.init_noise_sigma))
@@ -120,5 +123,5 @@ def sample(
             output = model_fn(model_input, torch.full((x.shape[0],), int(t), device=device), y=y)
             if not learned:
                 output = output[:, :channels]
-            x = scheduler.step(output, t, x, generator=generator).prev_sample
+            x = scheduler.step(output, t, x, **step_kwargs).prev_sample
     return x[: class_labels.shape[0]]
