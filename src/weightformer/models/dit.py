@@ -48,6 +48,18 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
 #################################################################################
 
 
+class PatchEmbed(nn.Module):
+    """Non-overlapping patch embedding (DiT's timm PatchEmbed, no norm): (N, C, H, W) -> (N, H/p, W/p, D)."""
+
+    def __init__(self, patch_size: int, in_channels: int, hidden_size: int) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(in_channels, hidden_size, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return to_nhwc(self.proj(x))  # (N, h, w, D), a channels-last view
+
+
 class TimestepEmbedder(nn.Module):
     """Embeds scalar timesteps into vectors: sinusoidal frequencies, then a two-layer SiLU MLP."""
 
@@ -209,8 +221,7 @@ class WeightFormerDiT(nn.Module):
         self.learn_sigma = learn_sigma
         self.dynamic_indices = dynamic_block_indices(depth, dynamic_blocks)
 
-        self.x_embedder = nn.Module()  # keeps DiT's (timm PatchEmbed's) key name, x_embedder.proj
-        self.x_embedder.proj = nn.Conv2d(in_channels, hidden_size, kernel_size=patch_size, stride=patch_size)
+        self.x_embedder = PatchEmbed(patch_size, in_channels, hidden_size)
         self.t_embedder = TimestepEmbedder(hidden_size)
         self.y_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout_prob)
         self.blocks = nn.ModuleList(
@@ -294,7 +305,7 @@ class WeightFormerDiT(nn.Module):
         Returns (N, out_channels, H, W): the predicted noise, then (learn_sigma) the variance interpolation values.
         """
         self.check_input(x, t, y)
-        x = to_nhwc(self.x_embedder.proj(x))  # (N, h, w, D)
+        x = self.x_embedder(x)  # (N, h, w, D)
         x = x + _sincos_2d_cached(self.hidden_size, x.shape[1], x.shape[2], x.device, x.dtype)  # (N, h, w, D)
         c = self.t_embedder(t) + self.y_embedder(y, self.training)  # (N, D)
         for block in self.blocks:
