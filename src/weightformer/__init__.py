@@ -7,10 +7,13 @@ from .layers import DynamicDWConv2d, DynamicLinear, attention_as_dynamic_mlp, at
 from .models import (
     CheckpointMismatchError,
     WeightFormer,
+    WeightFormerDiT,
     checkpoint_filter_fn,
     create_model,
+    dit_checkpoint_filter_fn,
     list_models,
     load_checkpoint,
+    load_dit_checkpoint,
 )
 
 __version__ = "0.1.0"
@@ -22,6 +25,9 @@ __all__ = [
     "load_checkpoint",
     "checkpoint_filter_fn",
     "CheckpointMismatchError",
+    "WeightFormerDiT",
+    "dit_checkpoint_filter_fn",
+    "load_dit_checkpoint",
     "DynamicLinear",
     "DynamicDWConv2d",
     "attention_as_dynamic_mlp",

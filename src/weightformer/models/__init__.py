@@ -1,6 +1,7 @@
 """WeightFormer models, registered with timm on import."""
 
 from .checkpoint import CheckpointMismatchError, load_checkpoint, read_state_dict
+from .dit import DIT_CONFIGS, WeightFormerDiT, dit_checkpoint_filter_fn, load_dit_checkpoint
 from .factory import create_model, list_models
 from .weightformer import MODEL_CONFIGS, Block, WeightFormer, checkpoint_filter_fn, dynamic_block_indices
 
@@ -15,4 +16,8 @@ __all__ = [
     "checkpoint_filter_fn",
     "dynamic_block_indices",
     "CheckpointMismatchError",
+    "WeightFormerDiT",
+    "DIT_CONFIGS",
+    "dit_checkpoint_filter_fn",
+    "load_dit_checkpoint",
 ]

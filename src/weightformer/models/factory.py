@@ -1,4 +1,4 @@
-"""`create_model` and `list_models`: the WeightFormer registry, on top of timm's."""
+"""`create_model` and `list_models`: the WeightFormer registry (classifiers on top of timm's, and WeightFormer-DiT)."""
 
 from __future__ import annotations
 
@@ -8,34 +8,60 @@ from typing import Any
 import timm
 
 from .checkpoint import load_checkpoint
+from .dit import DIT_MODELS, WeightFormerDiT, load_dit_checkpoint
 from .weightformer import MODEL_CONFIGS, WeightFormer
 
 __all__ = ["create_model", "list_models"]
 
+_KINDS = ("classifier", "dit", "all")
 
-def list_models() -> list[str]:
-    """Names of the WeightFormer variants, e.g. ["weightformer_base", "weightformer_small", "weightformer_tiny"]."""
-    return sorted(MODEL_CONFIGS)
+
+def list_models(kind: str = "classifier") -> list[str]:
+    """Names of the WeightFormer variants.
+
+    kind: "classifier" (the default: ["weightformer_base", "weightformer_small", "weightformer_tiny"]), "dit"
+    (the WeightFormer-DiT generators, e.g. "weightformer_dit_s_2") or "all".
+    """
+    if kind not in _KINDS:
+        raise ValueError(f"kind must be one of {', '.join(_KINDS)}; got {kind!r}.")
+    names = [] if kind == "dit" else sorted(MODEL_CONFIGS)
+    return names + ([] if kind == "classifier" else sorted(DIT_MODELS))
 
 
 def create_model(
     name: str, pretrained: bool = False, checkpoint_path: str | Path | None = None, **kwargs: Any
-) -> WeightFormer:
+) -> WeightFormer | WeightFormerDiT:
     """Build a WeightFormer variant by name.
 
     Args:
-        name: one of `list_models()` (an optional ".in1k" tag is accepted).
+        name: one of `list_models("all")` (an optional ".in1k" tag is accepted for the classifiers). The
+            WeightFormer-DiT names build a `WeightFormerDiT` (kwargs: input_size, in_channels, hidden_size,
+            depth, num_classes, learn_sigma, class_dropout_prob, ...; `use_ema=False` loads a training
+            checkpoint's "model" weights instead of its "ema" ones). No DiT weights are published on the Hub.
         pretrained: load the released ImageNet-1K weights from the Hugging Face Hub
             (RuizeHe/weightformer-{t,s,b}), through huggingface_hub's cache.
         checkpoint_path: load weights from a file instead: the release's .pth (state dict under "model"),
             the Hub's .safetensors, or a checkpoint written by this package.
         **kwargs: constructor overrides (num_classes, drop_path_rate, dynamic_blocks, ...).
     """
+    if name in DIT_MODELS:
+        return _create_dit(name, pretrained, checkpoint_path, **kwargs)
     if name.split(".")[0] not in MODEL_CONFIGS:
-        raise ValueError(f"Unknown model {name!r}; available: {', '.join(list_models())}.")
+        raise ValueError(f"Unknown model {name!r}; available: {', '.join(list_models('all'))}.")
     if pretrained and checkpoint_path is not None:
         raise ValueError("Pass either pretrained=True or checkpoint_path, not both.")
     model = timm.create_model(name, pretrained=pretrained, **kwargs)
     if checkpoint_path is not None:
         load_checkpoint(model, checkpoint_path)
+    return model
+
+
+def _create_dit(
+    name: str, pretrained: bool, checkpoint_path: str | Path | None, use_ema: bool = True, **kwargs: Any
+) -> WeightFormerDiT:
+    if pretrained:
+        raise ValueError(f"No pretrained weights are published for {name}; pass checkpoint_path instead.")
+    model = DIT_MODELS[name](**kwargs)
+    if checkpoint_path is not None:
+        load_dit_checkpoint(model, checkpoint_path, use_ema=use_ema)
     return model

@@ -375,8 +375,8 @@ class WeightFormer(nn.Module):
 #################################################################################
 
 # The release's names (SPEC §4) on the left, ours on the right; applied in order, first match wins.
-_RELEASE_KEY_RULES = [
-    (r"^init_norm\.", "patch_embed.norm."),
+# The block rules are shared with WeightFormer-DiT, whose release names its blocks' layers the same way.
+RELEASE_BLOCK_KEY_RULES = [
     (r"^blocks\.(\d+)\.dwc\.w$", r"blocks.\1.token_mixer.static_weight"),
     (r"^blocks\.(\d+)\.dwc\.b$", r"blocks.\1.token_mixer.bias"),
     (r"^blocks\.(\d+)\.dwc\.wfm\.0\.", r"blocks.\1.token_mixer.predictor.fc1."),
@@ -390,6 +390,29 @@ _RELEASE_KEY_RULES = [
     (r"^blocks\.(\d+)\.linear1\.", r"blocks.\1.mlp.fc1."),
     (r"^blocks\.(\d+)\.linear2\.", r"blocks.\1.mlp.fc2."),
 ]
+_RELEASE_KEY_RULES = [(r"^init_norm\.", "patch_embed.norm."), *RELEASE_BLOCK_KEY_RULES]
+
+
+def translate_release_keys(
+    state_dict: dict[str, Any], rules: list[tuple[str, str]] = _RELEASE_KEY_RULES
+) -> dict[str, torch.Tensor]:
+    """Rename the release's keys by `rules` (first match wins) and strip a DDP "module." prefix.
+
+    The dynamic linear layers' input-major W0 (C x 4C, `linear1.w`) is transposed to nn.Linear's (4C x C)
+    layout. Keys no rule matches (ours among them) pass through unchanged.
+    """
+    out = {}
+    for key, value in state_dict.items():
+        key = key.removeprefix("module.")
+        for pattern, replacement in rules:
+            new_key, count = re.subn(pattern, replacement, key)
+            if count:
+                if key.endswith("linear1.w"):
+                    value = value.t()  # release: x @ W0 with W0 (C, 4C); ours: (4C, C) like nn.Linear
+                key = new_key
+                break
+        out[key] = value
+    return out
 
 
 def checkpoint_filter_fn(state_dict: dict[str, Any], model: nn.Module | None = None) -> dict[str, torch.Tensor]:
@@ -402,18 +425,7 @@ def checkpoint_filter_fn(state_dict: dict[str, Any], model: nn.Module | None = N
     for wrapper in ("model", "state_dict"):
         if wrapper in state_dict and isinstance(state_dict[wrapper], dict):
             state_dict = state_dict[wrapper]
-    out = {}
-    for key, value in state_dict.items():
-        key = key.removeprefix("module.")
-        for pattern, replacement in _RELEASE_KEY_RULES:
-            new_key, count = re.subn(pattern, replacement, key)
-            if count:
-                if key.endswith("linear1.w"):
-                    value = value.t()  # release: x @ W0 with W0 (C, 4C); ours: (4C, C) like nn.Linear
-                key = new_key
-                break
-        out[key] = value
-    return out
+    return translate_release_keys(state_dict)
 
 
 #################################################################################
