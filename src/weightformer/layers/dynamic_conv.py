@@ -51,7 +51,7 @@ class AdaptiveKernelPredictor(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, H, W, C) -> dK: (B, C, k, k)."""
-        return bound_update(self.unbounded(x), dims=(-2, -1))
+        return bound_update(self.unbounded(x), dims=[-2, -1])
 
 
 class GapKernelPredictor(nn.Module):
@@ -78,7 +78,7 @@ class GapKernelPredictor(nn.Module):
         g = x.mean(dim=(1, 2))[:, :, None, None]  # (B, C, 1, 1)
         delta = self.taps(self.act(self.fc1(g)))  # (B, C*k*k, 1, 1)
         delta = delta.reshape(x.shape[0], -1, self.kernel_size, self.kernel_size)  # (B, C, k, k)
-        return bound_update(delta, dims=(-2, -1))
+        return bound_update(delta, dims=[-2, -1])
 
 
 class AmpDirKernelPredictor(nn.Module):
@@ -131,7 +131,7 @@ class ConvKernelPredictor(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, H, W, C) -> dK: (B, C, k, k)."""
         pooled = F.adaptive_avg_pool2d(to_nchw(x), self.kernel_size).contiguous()  # (B, C, k, k), see above
-        return bound_update(self.fc2(self.act(self.fc1(self.spatial(pooled)))), dims=(-2, -1))
+        return bound_update(self.fc2(self.act(self.fc1(self.spatial(pooled)))), dims=[-2, -1])
 
 
 CONV_PREDICTORS = {
@@ -181,6 +181,7 @@ class DynamicDWConv2d(nn.Module):
         self.static_weight = nn.Parameter(torch.empty(channels, 1, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.empty(channels))
         self.predictor = CONV_PREDICTORS[predictor](channels, kernel_size)
+        self.min_grid = self.predictor.min_grid
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -193,9 +194,11 @@ class DynamicDWConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor, residual: bool = False) -> torch.Tensor:
         """x: (B, H, W, C) -> (B, H, W, C); with `residual`, x + conv(x) (fused on the fast path)."""
-        check_grid(x, self.channels, self.predictor.min_grid, type(self).__name__)
+        if not torch.jit.is_scripting():
+            check_grid(x, self.channels, self.min_grid, "DynamicDWConv2d")
         kernel = self.static_weight.squeeze(1) + self.predictor(x)  # (B, C, k, k)
-        if not kernels.reference_enabled():
-            return kernels.depthwise_conv(x, kernel, self.bias, residual=residual)
+        if not torch.jit.is_scripting():  # TorchScript compiles the reference path only
+            if not kernels.reference_enabled():
+                return kernels.depthwise_conv(x, kernel, self.bias, residual=residual)
         y = per_sample_depthwise_conv(x, kernel, self.bias)
         return x + y if residual else y
