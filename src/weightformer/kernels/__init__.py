@@ -68,7 +68,14 @@ def reference_enabled() -> bool:
     juggling and reordered products would be opaque to them or counted differently. (TorchScript scripting
     never reaches this function: the layers test `torch.jit.is_scripting()` first.)
     """
-    return _state["reference"] or reference_enabled_by_tracing() or global_module_hooks()
+    return _state["reference"] or reference_enabled_by_tracing() or global_module_hooks() or _exporting()
+
+
+def _exporting() -> bool:
+    # torch.export (and the ONNX exporter built on it) traces with symbolic sizes: the reference path's plain
+    # ops export as they are, while the fast path's size-dependent choices would become guards on those sizes.
+    is_exporting = getattr(torch.compiler, "is_exporting", None)
+    return bool(is_exporting is not None and is_exporting())
 
 
 def reference_enabled_by_tracing() -> bool:

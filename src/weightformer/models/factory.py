@@ -7,10 +7,10 @@ from typing import Any
 
 import timm
 
-from .checkpoint import load_checkpoint
-from .weightformer import MODEL_CONFIGS, WeightFormer
+from .checkpoint import load_checkpoint, read_state_dict
+from .weightformer import MODEL_CONFIGS, WeightFormer, checkpoint_filter_fn
 
-__all__ = ["create_model", "list_models"]
+__all__ = ["create_model", "create_model_from_checkpoint", "list_models"]
 
 
 def list_models() -> list[str]:
@@ -38,4 +38,25 @@ def create_model(
     model = timm.create_model(name, pretrained=pretrained, **kwargs)
     if checkpoint_path is not None:
         load_checkpoint(model, checkpoint_path)
+    return model
+
+
+def create_model_from_checkpoint(name: str, checkpoint_path: str | Path, **kwargs: Any) -> WeightFormer:
+    """Build `name` shaped like the checkpoint at `checkpoint_path` and load it.
+
+    The class count is read from the checkpoint's head; a training checkpoint of this package also says which
+    constructor overrides and input size it was trained with ("config": model_kwargs, img_size). Explicit
+    `kwargs` win over both.
+    """
+    if name.split(".")[0] not in MODEL_CONFIGS:
+        raise ValueError(f"Unknown model {name!r}; available: {', '.join(list_models())}.")
+    state = read_state_dict(checkpoint_path)
+    config = state.get("config") if isinstance(state.get("config"), dict) else {}
+    found: dict[str, Any] = dict(config.get("model_kwargs") or {})
+    if config.get("img_size"):
+        found["img_size"] = config["img_size"]
+    head = checkpoint_filter_fn(state).get("head.weight")
+    found["num_classes"] = head.shape[0] if head is not None else 0
+    model = timm.create_model(name, **{**found, **kwargs})
+    load_checkpoint(model, state)
     return model
