@@ -9,8 +9,10 @@ from .models import (
     WeightFormer,
     checkpoint_filter_fn,
     create_model,
+    from_pretrained,
     list_models,
     load_checkpoint,
+    save_pretrained,
 )
 
 __version__ = "0.1.0"
@@ -19,6 +21,8 @@ __all__ = [
     "WeightFormer",
     "create_model",
     "list_models",
+    "save_pretrained",
+    "from_pretrained",
     "load_checkpoint",
     "checkpoint_filter_fn",
     "CheckpointMismatchError",

@@ -2,6 +2,7 @@
 
 from .checkpoint import CheckpointMismatchError, load_checkpoint, read_state_dict
 from .factory import create_model, create_model_from_checkpoint, list_models
+from .hub import from_pretrained, save_pretrained
 from .weightformer import MODEL_CONFIGS, Block, WeightFormer, checkpoint_filter_fn, dynamic_block_indices
 
 __all__ = [
@@ -10,6 +11,8 @@ __all__ = [
     "MODEL_CONFIGS",
     "create_model",
     "create_model_from_checkpoint",
+    "save_pretrained",
+    "from_pretrained",
     "list_models",
     "load_checkpoint",
     "read_state_dict",
