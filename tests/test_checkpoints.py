@@ -147,3 +147,17 @@ def test_timm_features_only():
     with torch.no_grad():
         features = model(torch.randn(1, 3, 96, 128))
     assert [f.shape for f in features] == [(1, 192, 6, 8)] * 3
+
+
+def test_timm_fx_feature_extraction_gives_the_blocks_outputs_channels_last():
+    torch.manual_seed(0)
+    fx = timm.create_model("weightformer_tiny", features_only=True, feature_cls="fx", out_indices=(2, 9, 16)).eval()
+    model = timm.create_model("weightformer_tiny").eval()
+    model.load_state_dict(fx.graph_module.state_dict(), strict=False)
+    assert fx.output_fmt == "NHWC"  # as forward_features declares with model.output_fmt
+    images = torch.randn(1, 3, 96, 128)
+    with torch.no_grad():
+        features = fx(images)
+        expected = model.forward_intermediates(images, indices=[2, 9, 16], output_fmt="NHWC", intermediates_only=True)
+    for got, want in zip(features, expected, strict=True):
+        torch.testing.assert_close(got, want)
