@@ -8,10 +8,13 @@ the fast path computes the same function (tests hold it to the reference) with f
   elsewhere (`dwconv`);
 - the dynamic linear layer as one batched GEMM with its bias, and its predicted update summed over the pooled
   tokens in the rank-reduced space (`dynamic_linear`);
-- the MLP's fc2(GELU(h)) keeping only h for the backward pass, GELU recomputed there (`mlp`).
+- the MLP's fc2(GELU(h)) keeping only h for the backward pass, GELU recomputed there (`mlp`), only while
+  nothing could observe the difference (`gelu_linear_fusable`).
 
 Switch to the reference path with `use_reference()` (a context manager, or `use_reference(True)` globally) or
-the environment variable WEIGHTFORMER_REFERENCE=1; `weightformer bench` runs both side by side.
+the environment variable WEIGHTFORMER_REFERENCE=1; `weightformer bench` runs both side by side. The reference
+path also runs by itself while a tool traces or watches the model (torch.jit.trace, torch.fx, torch.export,
+global module hooks such as FlopCounterMode's), see `reference_enabled`; TorchScript compiles only it.
 """
 
 from __future__ import annotations
