@@ -123,8 +123,8 @@ def gelu_ref(x):
 def release_forward_ref(sd: dict[str, torch.Tensor], images: torch.Tensor, patch: int = 16) -> torch.Tensor:
     """The released classifier (SPEC §3) written against the release's own key names (SPEC §4).
 
-    Only for even token grids, where the reference code's floor pooling and our ceil pooling agree; the 2x2
-    pooling here is the reference's plain reshape-and-mean.
+    The 2x2 pooling is the reference code's plain reshape-and-mean, which floors odd grids (drops the last
+    row/column): on even grids it equals the package's default ceil pooling, on odd ones its "floor" option.
     """
     x = F.conv2d(images, sd["patch_embed.proj.weight"], sd["patch_embed.proj.bias"], stride=patch)
     batch, channels, height, width = x.shape
@@ -142,7 +142,8 @@ def release_forward_ref(sd: dict[str, torch.Tensor], images: torch.Tensor, patch
             )
             x = x + depthwise_conv_ref(x, sd[p + "dwc.w"][:, 0] + dk, sd[p + "dwc.b"])
             h = layer_norm_ref(x, sd[p + "norm2.weight"], sd[p + "norm2.bias"])
-            pooled = h.reshape(batch, height // 2, 2, width // 2, 2, channels).mean(dim=(2, 4))
+            even = h[:, : height // 2 * 2, : width // 2 * 2]
+            pooled = even.reshape(batch, height // 2, 2, width // 2, 2, channels).mean(dim=(2, 4))
             pooled = pooled.reshape(batch, -1, channels)
             uv = torch.einsum("bpc,oc->bpo", pooled, sd[p + "linear1.wfm.weight"]) + sd[p + "linear1.wfm.bias"]
             c_r = sd[p + "linear1.w1"].shape[0]

@@ -30,6 +30,22 @@ def test_release_state_dict_gives_the_reference_logits(size):
         torch.testing.assert_close(model(images), release_forward_ref(sd, images), rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("size", [(80, 80), (112, 80), (208, 208)])
+def test_floor_pooling_option_gives_the_reference_code_on_odd_grids(size):
+    # Odd token grids (5x5, 7x5, 13x13): odd_grid_pooling="floor" drops the last row/column from the dynamic
+    # linear's statistics as the reference code does, and matches it exactly; the default (ceil) does not.
+    sd = release_state_dict(width=32, depth=5, num_classes=10, dtype=torch.float64, seed=4)
+    floor = load_checkpoint(
+        WeightFormer(embed_dim=32, depth=5, num_classes=10, odd_grid_pooling="floor").double().eval(), sd
+    )
+    ceil = load_checkpoint(_model_for(32, 5, 10, torch.float64), sd)
+    images = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    expected = release_forward_ref(sd, images)
+    with torch.no_grad():
+        torch.testing.assert_close(floor(images), expected, rtol=1e-9, atol=1e-9)
+        assert not torch.allclose(ceil(images), expected, rtol=1e-6, atol=1e-6)
+
+
 def test_release_tiny_at_224_gives_the_reference_logits():
     sd = release_state_dict(width=192, depth=17, dtype=torch.float64, seed=3)
     model = weightformer.create_model("weightformer_tiny").double().eval()
@@ -51,7 +67,7 @@ def test_release_pth_and_hub_safetensors_files_load_identically(tmp_path):
         logits = from_pth(images)
         torch.testing.assert_close(from_st.eval()(images), logits, rtol=0, atol=0)
     # The translated W0 is the release's input-major matrix transposed to nn.Linear's layout.
-    torch.testing.assert_close(from_pth.blocks[1].mlp.fc1.static_weight, sd["blocks.1.linear1.w"].t())
+    torch.testing.assert_close(from_pth.blocks[1].mlp.fc1.weight, sd["blocks.1.linear1.w"].t())
     # Our own state dicts (and DDP-wrapped ones) round-trip through the same loader.
     ours = {"module." + k: v for k, v in from_pth.state_dict().items()}
     reloaded = load_checkpoint(_model_for(32, 5, 10), {"state_dict": ours})
@@ -121,11 +137,7 @@ def test_timm_sees_the_models_with_release_metadata():
     assert cfg["hf_hub_id"] == "RuizeHe/weightformer-b"
     assert cfg["input_size"] == (3, 448, 448) and cfg["interpolation"] == "bicubic"
     assert cfg["mean"] == (0.485, 0.456, 0.406) and cfg["std"] == (0.229, 0.224, 0.225)
-    # The release's evaluation transform: resize to floor(size * 256 / 224), centre crop, bicubic.
-    transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))
-    resize, crop = transform.transforms[0], transform.transforms[1]
-    assert resize.size == 512 and crop.size == (448, 448)
-    assert "BICUBIC" in str(resize.interpolation)
+    assert cfg["pool_size"] == (28, 28) and cfg["crop_mode"] == "squash"
 
 
 def test_timm_features_only():
@@ -135,3 +147,17 @@ def test_timm_features_only():
     with torch.no_grad():
         features = model(torch.randn(1, 3, 96, 128))
     assert [f.shape for f in features] == [(1, 192, 6, 8)] * 3
+
+
+def test_timm_fx_feature_extraction_gives_the_blocks_outputs_channels_last():
+    torch.manual_seed(0)
+    fx = timm.create_model("weightformer_tiny", features_only=True, feature_cls="fx", out_indices=(2, 9, 16)).eval()
+    model = timm.create_model("weightformer_tiny").eval()
+    model.load_state_dict(fx.graph_module.state_dict(), strict=False)
+    assert fx.output_fmt == "NHWC"  # as forward_features declares with model.output_fmt
+    images = torch.randn(1, 3, 96, 128)
+    with torch.no_grad():
+        features = fx(images)
+        expected = model.forward_intermediates(images, indices=[2, 9, 16], output_fmt="NHWC", intermediates_only=True)
+    for got, want in zip(features, expected, strict=True):
+        torch.testing.assert_close(got, want)

@@ -70,7 +70,7 @@ def test_dynamic_linear_matches_float64_reference(predictor, grid):
         hidden=hidden,
         **LINEAR_REF_FLAGS[predictor],
     )
-    expected = dynamic_linear_ref(x, layer.static_weight.t(), layer.bias, delta)
+    expected = dynamic_linear_ref(x, layer.weight.t(), layer.bias, delta)
     torch.testing.assert_close(layer(x), expected, rtol=1e-10, atol=1e-12)
 
 

@@ -64,7 +64,7 @@ def test_initialisation_follows_the_release():
     assert dynamic.mlp.fc1.bias.abs().sum() > 0
     assert static.mlp.fc1.bias.abs().sum() == 0
     assert dynamic.mlp.fc1.predictor.proj.bias.abs().sum() == 0
-    for w in (dynamic.mlp.fc1.static_weight, static.mlp.fc1.weight, model.head.weight):
+    for w in (dynamic.mlp.fc1.weight, static.mlp.fc1.weight, model.head.weight):
         assert w.std().item() == pytest.approx(0.02, rel=0.3)
     assert torch.equal(model.norm.weight, torch.ones(32))
 
@@ -158,7 +158,7 @@ def test_group_matcher_and_no_weight_decay():
     model = small_model()
     matcher = model.group_matcher()
     assert re.match(matcher["stem"], "patch_embed.proj.weight")
-    assert re.match(matcher["blocks"][0][0], "blocks.3.mlp.fc1.static_weight").group(1) == "3"
+    assert re.match(matcher["blocks"][0][0], "blocks.3.mlp.fc1.weight").group(1) == "3"
     assert model.no_weight_decay() == set()
 
 

@@ -11,9 +11,11 @@ from .models import (
     checkpoint_filter_fn,
     create_model,
     dit_checkpoint_filter_fn,
+    from_pretrained,
     list_models,
     load_checkpoint,
     load_dit_checkpoint,
+    save_pretrained,
 )
 
 __version__ = "0.1.0"
@@ -22,6 +24,8 @@ __all__ = [
     "WeightFormer",
     "create_model",
     "list_models",
+    "save_pretrained",
+    "from_pretrained",
     "load_checkpoint",
     "checkpoint_filter_fn",
     "CheckpointMismatchError",

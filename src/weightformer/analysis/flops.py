@@ -16,8 +16,6 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from .. import kernels
-
 __all__ = ["MacCount", "count_macs"]
 
 aten = torch.ops.aten
@@ -61,10 +59,11 @@ def count_macs(model: nn.Module, input_size: tuple[int, int, int], batch_size: i
     meta_model = copy.deepcopy(model).to("meta").eval()
     x = torch.empty(batch_size, *input_size, device="meta")
     counter = FlopCounterMode(display=False, custom_mapping=_FVCORE_EXTRAS)
-    # Counted on the reference path, the paper's convention (fvcore on the released code). The fast path
-    # computes the same function with slightly different MACs (e.g. its dynamic linear update is summed in
-    # the rank-reduced space), which is a property of the kernels, not of the model.
-    with counter, torch.no_grad(), kernels.use_reference():
+    # The layers run their reference path while FlopCounterMode watches (it registers global module hooks,
+    # see `kernels.reference_enabled`), the paper's convention (fvcore on the released code): the fast path
+    # computes the same function with slightly fewer MACs (its dynamic linear update is summed in the
+    # rank-reduced space where that is cheaper), a property of the kernels, not of the model.
+    with counter, torch.no_grad():
         meta_model(x)
     counts = counter.get_flop_counts()
     root = type(model).__name__

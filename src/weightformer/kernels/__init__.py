@@ -8,10 +8,13 @@ the fast path computes the same function (tests hold it to the reference) with f
   elsewhere (`dwconv`);
 - the dynamic linear layer as one batched GEMM with its bias, and its predicted update summed over the pooled
   tokens in the rank-reduced space (`dynamic_linear`);
-- the MLP's fc2(GELU(h)) keeping only h for the backward pass, GELU recomputed there (`mlp`).
+- the MLP's fc2(GELU(h)) keeping only h for the backward pass, GELU recomputed there (`mlp`), only while
+  nothing could observe the difference (`gelu_linear_fusable`).
 
 Switch to the reference path with `use_reference()` (a context manager, or `use_reference(True)` globally) or
-the environment variable WEIGHTFORMER_REFERENCE=1; `weightformer bench` runs both side by side.
+the environment variable WEIGHTFORMER_REFERENCE=1; `weightformer bench` runs both side by side. The reference
+path also runs by itself while a tool traces or watches the model (torch.jit.trace, torch.fx, torch.export,
+global module hooks such as FlopCounterMode's), see `reference_enabled`; TorchScript compiles only it.
 """
 
 from __future__ import annotations
@@ -20,18 +23,28 @@ import os
 
 import torch
 
+try:  # torch.fx.symbolic_trace only (newer torch's is_fx_tracing is also true under torch.export / compile)
+    from torch.fx._symbolic_trace import is_fx_symbolic_tracing as _is_fx_tracing
+except ImportError:
+    try:
+        from torch.fx._symbolic_trace import is_fx_tracing as _is_fx_tracing
+    except ImportError:  # no way to tell
+        _is_fx_tracing = None
+
 from .dwconv import depthwise_conv_torch
 from .dynamic_linear import apply_dynamic_weight, low_rank_outer_product_sum
-from .mlp import gelu_linear
+from .mlp import gelu_linear, gelu_linear_fusable, global_module_hooks
 
 __all__ = [
     "use_reference",
     "reference_enabled",
+    "reference_enabled_by_tracing",
     "triton_available",
     "depthwise_conv",
     "apply_dynamic_weight",
     "low_rank_outer_product_sum",
     "gelu_linear",
+    "gelu_linear_fusable",
 ]
 
 
@@ -43,9 +56,34 @@ def _reference_from_env(value: str | None) -> bool:
 _state = {"reference": _reference_from_env(os.environ.get("WEIGHTFORMER_REFERENCE"))}
 
 
+def _fx_tracing() -> bool:
+    return bool(_is_fx_tracing is not None and _is_fx_tracing())
+
+
 def reference_enabled() -> bool:
-    """True while the layers run their plain PyTorch reference code instead of the fast path."""
-    return _state["reference"]
+    """True while the layers run their plain PyTorch reference code instead of the fast path.
+
+    That is when asked for (`use_reference`, WEIGHTFORMER_REFERENCE=1) and, always, while a tool observes the
+    model op by op: `torch.jit.trace` (fvcore's FlopCountAnalysis traces) and `torch.fx` record the ops they
+    see, and global module hooks are how FlopCounterMode and other per-module observers attribute ops to
+    modules. The reference path is made of the plain ops (linear, conv, einsum) those tools name and count, in
+    the release's order (so MACs come out as the paper's); the fast path's custom autograd function, shape
+    juggling and reordered products would be opaque to them or counted differently. (TorchScript scripting
+    never reaches this function: the layers test `torch.jit.is_scripting()` first.)
+    """
+    return _state["reference"] or reference_enabled_by_tracing() or global_module_hooks() or _exporting()
+
+
+def _exporting() -> bool:
+    # torch.export (and the ONNX exporter built on it) traces with symbolic sizes: the reference path's plain
+    # ops export as they are, while the fast path's size-dependent choices would become guards on those sizes.
+    is_exporting = getattr(torch.compiler, "is_exporting", None)
+    return bool(is_exporting is not None and is_exporting())
+
+
+def reference_enabled_by_tracing() -> bool:
+    """True while `torch.jit.trace` or `torch.fx` traces the model (the reference path runs then)."""
+    return torch.jit.is_tracing() or _fx_tracing()
 
 
 class use_reference:  # noqa: N801 - used like a function: use_reference(True) or `with use_reference():`

@@ -4,14 +4,60 @@ Autograd keeps two (tokens x 4C) activations per MLP for the reference `fc2(act(
 and GELU(h), fc2's input for its weight gradient. GELU is cheap to recompute, so this function saves h alone and
 recomputes GELU(h) in the backward pass: a quarter less activation memory per block at the cost of one extra
 elementwise pass. The forward computes exactly the reference's ops, so outputs and gradients are the same.
+
+The fused function reads fc2's weight instead of calling fc2 and never calls the activation module, so it is
+only used where that is unobservable: `gelu_linear_fusable` says when (plain nn.GELU and nn.Linear modules,
+no hooks, no parametrizations, gradients being recorded). Anything else, a LoRA-wrapped or quantized fc2, a
+pruning mask, a forward hook, a FLOP counter, gets the modules' own forwards.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.modules import module as _module
+from torch.nn.utils import parametrize
 
-__all__ = ["gelu_linear"]
+__all__ = ["gelu_linear", "gelu_linear_fusable", "global_module_hooks"]
+
+
+def _has_hooks(module: nn.Module) -> bool:
+    return bool(
+        module._forward_hooks or module._forward_pre_hooks or module._backward_hooks or module._backward_pre_hooks
+    )
+
+
+def global_module_hooks() -> bool:
+    """Whether hooks are registered for every module (`torch.nn.modules.module.register_module_forward_hook`
+    and friends), as FlopCounterMode's module tracker and other per-module observers do."""
+    return bool(
+        _module._global_forward_hooks
+        or _module._global_forward_pre_hooks
+        or _module._global_backward_hooks
+        or _module._global_backward_pre_hooks
+    )
+
+
+def gelu_linear_fusable(act: nn.Module, fc2: nn.Module, hidden: torch.Tensor) -> bool:
+    """Whether fc2(act(hidden)) may run as `gelu_linear(hidden, fc2.weight, fc2.bias)` with nothing observable lost.
+
+    True only for exactly nn.GELU (exact, not tanh) and exactly nn.Linear (not a subclass, a LoRA wrapper or a
+    quantized module), neither with hooks of their own or global module hooks, fc2 not parametrized (e.g. by
+    `torch.nn.utils.parametrize` or weight norm) and gradients being recorded (the fusion only saves memory
+    for the backward pass).
+    """
+    return (
+        type(act) is nn.GELU
+        and act.approximate == "none"
+        and type(fc2) is nn.Linear
+        and not parametrize.is_parametrized(fc2)
+        and not _has_hooks(act)
+        and not _has_hooks(fc2)
+        and not global_module_hooks()
+        and torch.is_grad_enabled()
+        and (hidden.requires_grad or fc2.weight.requires_grad)
+    )
 
 
 class _GeluLinear(torch.autograd.Function):

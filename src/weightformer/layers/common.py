@@ -38,18 +38,19 @@ def to_nhwc(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 2, 3, 1)
 
 
-def pool_2x2(x: torch.Tensor) -> torch.Tensor:
+def pool_2x2(x: torch.Tensor, ceil_mode: bool = True) -> torch.Tensor:
     """2x2 average pooling with stride 2 of a (B, H, W, C) grid -> (B, ceil(H/2), ceil(W/2), C).
 
     On even grids this is exactly the reference code's pooling. On odd grids the reference code floors,
-    silently dropping the last row/column from the statistics; we keep them instead (ceil mode), averaging
-    the partial windows over the tokens they hold, so every token contributes to the predicted weights.
+    silently dropping the last row/column from the statistics; by default we keep them instead (ceil mode),
+    averaging the partial windows over the tokens they hold, so every token contributes to the predicted
+    weights. `ceil_mode=False` is the reference code's floor: (B, floor(H/2), floor(W/2), C).
     """
-    pooled = F.avg_pool2d(to_nchw(x), kernel_size=2, stride=2, ceil_mode=True)  # (B, C, Hp, Wp)
+    pooled = F.avg_pool2d(to_nchw(x), kernel_size=2, stride=2, ceil_mode=ceil_mode)  # (B, C, Hp, Wp)
     return to_nhwc(pooled)
 
 
-def bound_update(delta: torch.Tensor, dims: int | tuple[int, ...]) -> torch.Tensor:
+def bound_update(delta: torch.Tensor, dims: list[int]) -> torch.Tensor:
     """delta / (||delta|| + 1), the norm taken over `dims`: amplitude bounded below 1, direction kept."""
     norm = torch.linalg.vector_norm(delta, dim=dims, keepdim=True)
     return delta / (norm + 1.0)

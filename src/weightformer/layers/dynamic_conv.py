@@ -23,7 +23,35 @@ __all__ = [
     "ConvKernelPredictor",
     "CONV_PREDICTORS",
     "per_sample_depthwise_conv",
+    "shifted_depthwise_conv",
+    "adaptive_pool",
 ]
+
+
+def adaptive_pool(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Adaptive k x k average pooling of a (B, H, W, C) grid -> (B, C, k, k), contiguous.
+
+    Region (i, j) spans rows floor(i H / k) .. ceil((i + 1) H / k) and the same for columns (PyTorch's
+    adaptive pooling). Contiguous: a channels-last k x k map would give the 1x1 convs' weights channels-last
+    gradients, which DistributedDataParallel's flat gradient buckets have to copy (and warn about) every step.
+    """
+    if not torch.jit.is_scripting():
+        if torch.compiler.is_exporting():
+            return _adaptive_pool_by_regions(x, k)
+    return F.adaptive_avg_pool2d(to_nchw(x), k).contiguous()
+
+
+def _adaptive_pool_by_regions(x: torch.Tensor, k: int) -> torch.Tensor:
+    # The same regions as explicit slices with symbolic bounds, for exporters: ONNX's translation of the
+    # decomposed adaptive pooling gives wrong regions once the input size is dynamic. Ceil is written as
+    # (n + k - 1) // k on non-negative numbers: ONNX's integer division truncates towards zero.
+    height, width = x.shape[1], x.shape[2]
+    rows = []
+    for i in range(k):
+        r0, r1 = (i * height) // k, ((i + 1) * height + k - 1) // k
+        cols = [x[:, r0:r1, (j * width) // k : ((j + 1) * width + k - 1) // k].mean(dim=(1, 2)) for j in range(k)]
+        rows.append(torch.stack(cols, dim=-1))  # (B, C, k)
+    return torch.stack(rows, dim=-2)  # (B, C, k, k)
 
 
 class AdaptiveKernelPredictor(nn.Module):
@@ -44,14 +72,12 @@ class AdaptiveKernelPredictor(nn.Module):
 
     def unbounded(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, H, W, C) -> the raw prediction (B, C, k, k), before normalisation."""
-        # contiguous: a channels-last k x k map would give the 1x1 convs' weights channels-last gradients, which
-        # DistributedDataParallel's flat gradient buckets have to copy (and warn about) every step.
-        pooled = F.adaptive_avg_pool2d(to_nchw(x), self.kernel_size).contiguous()  # (B, C, k, k)
+        pooled = adaptive_pool(x, self.kernel_size)  # (B, C, k, k)
         return self.fc2(self.act(self.fc1(pooled)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, H, W, C) -> dK: (B, C, k, k)."""
-        return bound_update(self.unbounded(x), dims=(-2, -1))
+        return bound_update(self.unbounded(x), dims=[-2, -1])
 
 
 class GapKernelPredictor(nn.Module):
@@ -78,7 +104,7 @@ class GapKernelPredictor(nn.Module):
         g = x.mean(dim=(1, 2))[:, :, None, None]  # (B, C, 1, 1)
         delta = self.taps(self.act(self.fc1(g)))  # (B, C*k*k, 1, 1)
         delta = delta.reshape(x.shape[0], -1, self.kernel_size, self.kernel_size)  # (B, C, k, k)
-        return bound_update(delta, dims=(-2, -1))
+        return bound_update(delta, dims=[-2, -1])
 
 
 class AmpDirKernelPredictor(nn.Module):
@@ -130,8 +156,8 @@ class ConvKernelPredictor(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, H, W, C) -> dK: (B, C, k, k)."""
-        pooled = F.adaptive_avg_pool2d(to_nchw(x), self.kernel_size).contiguous()  # (B, C, k, k), see above
-        return bound_update(self.fc2(self.act(self.fc1(self.spatial(pooled)))), dims=(-2, -1))
+        pooled = adaptive_pool(x, self.kernel_size)  # (B, C, k, k), see above
+        return bound_update(self.fc2(self.act(self.fc1(self.spatial(pooled)))), dims=[-2, -1])
 
 
 CONV_PREDICTORS = {
@@ -154,6 +180,24 @@ def per_sample_depthwise_conv(x: torch.Tensor, kernel: torch.Tensor, bias: torch
     weight = kernel.reshape(batch * channels, 1, k, k).to(stacked.dtype)
     y = F.conv2d(stacked, weight, padding=k // 2, groups=batch * channels)  # (1, B*C, H, W)
     y = to_nhwc(y.reshape(batch, channels, height, width))  # (B, H, W, C)
+    return y if bias is None else y + bias
+
+
+def shifted_depthwise_conv(x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """`per_sample_depthwise_conv` as k*k shifted multiply-adds, for exported graphs.
+
+    x: (B, H, W, C), kernel: (B, C, k, k), bias: (C,) -> (B, H, W, C). Used while `torch.export` traces the
+    model (the ONNX exporter included): a grouped conv with B*C groups would make the group count depend on
+    the batch size, and ONNX's Conv needs a fixed one.
+    """
+    k = kernel.shape[-1]
+    height, width = x.shape[1], x.shape[2]
+    padded = F.pad(x, (0, 0, k // 2, k // 2, k // 2, k // 2))  # (B, H + k - 1, W + k - 1, C), zeros
+    taps = kernel.to(x.dtype).permute(0, 2, 3, 1)  # (B, k, k, C)
+    y = torch.zeros_like(x)
+    for i in range(k):
+        for j in range(k):
+            y = y + padded[:, i : i + height, j : j + width] * taps[:, i : i + 1, j : j + 1]  # (B, H, W, C)
     return y if bias is None else y + bias
 
 
@@ -181,6 +225,7 @@ class DynamicDWConv2d(nn.Module):
         self.static_weight = nn.Parameter(torch.empty(channels, 1, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.empty(channels))
         self.predictor = CONV_PREDICTORS[predictor](channels, kernel_size)
+        self.min_grid = self.predictor.min_grid
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -193,9 +238,14 @@ class DynamicDWConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor, residual: bool = False) -> torch.Tensor:
         """x: (B, H, W, C) -> (B, H, W, C); with `residual`, x + conv(x) (fused on the fast path)."""
-        check_grid(x, self.channels, self.predictor.min_grid, type(self).__name__)
+        if not torch.jit.is_scripting():
+            check_grid(x, self.channels, self.min_grid, "DynamicDWConv2d")
         kernel = self.static_weight.squeeze(1) + self.predictor(x)  # (B, C, k, k)
-        if not kernels.reference_enabled():
-            return kernels.depthwise_conv(x, kernel, self.bias, residual=residual)
+        if not torch.jit.is_scripting():  # TorchScript compiles the reference path only
+            if not kernels.reference_enabled():
+                return kernels.depthwise_conv(x, kernel, self.bias, residual=residual)
+            if torch.compiler.is_exporting():  # a fixed number of groups for ONNX, see shifted_depthwise_conv
+                y = shifted_depthwise_conv(x, kernel, self.bias)
+                return x + y if residual else y
         y = per_sample_depthwise_conv(x, kernel, self.bias)
         return x + y if residual else y

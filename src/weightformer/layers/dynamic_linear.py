@@ -49,6 +49,8 @@ class OuterProductPredictor(nn.Module):
         act_in: apply SiLU to u.
         act_out: apply SiLU to v.
         depth: 1 for a single projection A, 2 for SiLU(x A' + a') A + a.
+        odd_grid_pooling: "ceil" (default: odd grids keep their last row/column in the statistics) or "floor"
+            (the reference code's pooling, which drops them; equal on even grids). See `pool_2x2`.
     """
 
     def __init__(
@@ -60,8 +62,11 @@ class OuterProductPredictor(nn.Module):
         act_in: bool = True,
         act_out: bool = True,
         depth: int = 1,
+        odd_grid_pooling: str = "ceil",
     ) -> None:
         super().__init__()
+        if odd_grid_pooling not in ("ceil", "floor"):
+            raise ValueError(f"odd_grid_pooling must be 'ceil' or 'floor', got {odd_grid_pooling!r}.")
         if in_features % reduction or out_features % reduction:
             raise ValueError(
                 f"in_features ({in_features}) and out_features ({out_features}) must be divisible by "
@@ -78,6 +83,7 @@ class OuterProductPredictor(nn.Module):
         self.statistics = statistics
         self.act_in = act_in
         self.act_out = act_out
+        self.ceil_mode = odd_grid_pooling == "ceil"
         # A 2x2 pooling needs at least a 2x2 grid; a global average works on any grid.
         self.min_grid = 2 if statistics == "pooled" else 1
         width = self.in_rank + self.out_rank
@@ -99,7 +105,7 @@ class OuterProductPredictor(nn.Module):
         """x: (B, H, W, C) -> dW: (B, D, C), column-bounded."""
         num_tokens = x.shape[1] * x.shape[2]
         if self.statistics == "pooled":
-            pooled = pool_2x2(x).flatten(1, 2)  # (B, Np, C)
+            pooled = pool_2x2(x, self.ceil_mode).flatten(1, 2)  # (B, Np, C)
             norm = num_tokens  # the reference divides by the unpooled count N, not Np
         else:
             pooled = x.mean(dim=(1, 2)).unsqueeze(1)  # (B, 1, C)
@@ -111,15 +117,19 @@ class OuterProductPredictor(nn.Module):
             u = F.silu(u)
         if self.act_out:
             v = F.silu(v)
-        if kernels.reference_enabled():
-            p = u @ self.input_basis  # (B, Np, C)
-            q = v @ self.output_basis  # (B, Np, D)
-            delta = q.transpose(1, 2) @ p  # (B, D, C)
-        else:  # the same sum, taken over the rank-reduced factors first
-            delta = kernels.low_rank_outer_product_sum(u, v, self.input_basis, self.output_basis)  # (B, D, C)
+        delta = self._outer_product_sum(u, v)  # (B, D, C)
         delta = delta * (self.in_features**-0.5 / norm)
         # Each output column j of dW (C x D) is a row here: normalise over the C inputs.
-        return bound_update(delta, dims=-1)
+        return bound_update(delta, dims=[-1])
+
+    def _outer_product_sum(self, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """sum_p phi_out(x_p)^T phi_in(x_p): u (B, Np, C_r), v (B, Np, D_r) -> (B, D, C)."""
+        if not torch.jit.is_scripting():  # TorchScript compiles the reference path only
+            if not kernels.reference_enabled():  # the same sum, taken over the rank-reduced factors first
+                return kernels.low_rank_outer_product_sum(u, v, self.input_basis, self.output_basis)
+        p = u @ self.input_basis  # (B, Np, C)
+        q = v @ self.output_basis  # (B, Np, D)
+        return q.transpose(1, 2) @ p  # (B, D, C)
 
 
 LINEAR_PREDICTORS = {
@@ -136,37 +146,49 @@ LINEAR_PREDICTORS = {
 }
 
 
-class DynamicLinear(nn.Module):
+class DynamicLinear(nn.Linear):
     """A linear layer whose weight is W0 + dW(X), dW predicted per sample from global statistics of X.
 
     Takes tokens on a grid, (B, H, W, C), any H and W the predictor can pool (H, W >= 2 for the pooled
-    predictors), and returns (B, H, W, D). `static_weight` is stored in nn.Linear's (out, in) layout; the
-    release stores it input-major and is transposed at load time.
+    predictors), and returns (B, H, W, D). It *is* an nn.Linear whose `weight` (D, C) and `bias` (D,) are the
+    static W0 and b (the release stores W0 input-major; it is transposed at load time), plus a `predictor`:
+    tools that know nn.Linear see what they expect. A LoRA adapter (peft) wraps it and adds its low-rank term to
+    the output, and merging the adapter into `weight` is exact, because y = x (W0 + dW(x))^T + b is linear in W0.
+    Code that swaps modules by exact type (`torch.ao.quantization.quantize_dynamic({nn.Linear})`) leaves it alone.
 
     Args:
         in_features: C.
         out_features: D.
         predictor: name in `LINEAR_PREDICTORS`: "gap", "linear", "nonlinear", "deep" or "bilateral".
         reduction: rank reduction r of the predictor's factors.
+        odd_grid_pooling: "ceil" or "floor" (the reference code's) 2x2 pooling of odd grids, see `pool_2x2`.
     """
 
-    def __init__(self, in_features: int, out_features: int, predictor: str = "bilateral", reduction: int = 4):
-        super().__init__()
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        predictor: str = "bilateral",
+        reduction: int = 4,
+        odd_grid_pooling: str = "ceil",
+    ) -> None:
         if predictor not in LINEAR_PREDICTORS:
             raise ValueError(
                 f"Unknown dynamic linear predictor {predictor!r}; choose one of {sorted(LINEAR_PREDICTORS)}."
             )
-        self.in_features = in_features
-        self.out_features = out_features
+        super().__init__(in_features, out_features)  # weight (D, C) = W0, bias (D,) = b
         self.predictor_name = predictor
-        self.static_weight = nn.Parameter(torch.empty(out_features, in_features))
-        self.bias = nn.Parameter(torch.empty(out_features))
-        self.predictor = LINEAR_PREDICTORS[predictor](in_features, out_features, reduction=reduction)
+        self.predictor = LINEAR_PREDICTORS[predictor](
+            in_features, out_features, reduction=reduction, odd_grid_pooling=odd_grid_pooling
+        )
+        self.min_grid = self.predictor.min_grid
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        if "predictor" not in self._modules:  # called by nn.Linear.__init__ before the predictor exists
+            return
         # The release initialises W0 *and* b with a truncated normal (std 0.02); b is not zero.
-        trunc_normal_(self.static_weight, std=0.02)
+        trunc_normal_(self.weight, std=0.02)
         trunc_normal_(self.bias, std=0.02)
 
     def extra_repr(self) -> str:
@@ -174,8 +196,10 @@ class DynamicLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, H, W, C) -> (B, H, W, D)."""
-        check_grid(x, self.in_features, self.predictor.min_grid, type(self).__name__)
-        weight = self.static_weight + self.predictor(x)  # (B, D, C)
-        if not kernels.reference_enabled():
-            return kernels.apply_dynamic_weight(x, weight, self.bias)  # one batched GEMM, bias included
+        if not torch.jit.is_scripting():
+            check_grid(x, self.in_features, self.min_grid, "DynamicLinear")
+        weight = self.weight + self.predictor(x)  # (B, D, C)
+        if not torch.jit.is_scripting():
+            if not kernels.reference_enabled():
+                return kernels.apply_dynamic_weight(x, weight, self.bias)  # one batched GEMM, bias included
         return torch.einsum("bhwc,bdc->bhwd", x, weight) + self.bias

@@ -2,7 +2,8 @@
 
 from .checkpoint import CheckpointMismatchError, load_checkpoint, read_state_dict
 from .dit import DIT_CONFIGS, WeightFormerDiT, dit_checkpoint_filter_fn, load_dit_checkpoint
-from .factory import create_model, list_models
+from .factory import create_model, create_model_from_checkpoint, list_models
+from .hub import from_pretrained, save_pretrained
 from .weightformer import MODEL_CONFIGS, Block, WeightFormer, checkpoint_filter_fn, dynamic_block_indices
 
 __all__ = [
@@ -10,6 +11,9 @@ __all__ = [
     "Block",
     "MODEL_CONFIGS",
     "create_model",
+    "create_model_from_checkpoint",
+    "save_pretrained",
+    "from_pretrained",
     "list_models",
     "load_checkpoint",
     "read_state_dict",

@@ -7,11 +7,11 @@ from typing import Any
 
 import timm
 
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, read_state_dict
 from .dit import DIT_MODELS, WeightFormerDiT, load_dit_checkpoint
-from .weightformer import MODEL_CONFIGS, WeightFormer
+from .weightformer import MODEL_CONFIGS, WeightFormer, checkpoint_filter_fn
 
-__all__ = ["create_model", "list_models"]
+__all__ = ["create_model", "create_model_from_checkpoint", "list_models"]
 
 _KINDS = ("classifier", "dit", "all")
 
@@ -64,4 +64,25 @@ def _create_dit(
     model = DIT_MODELS[name](**kwargs)
     if checkpoint_path is not None:
         load_dit_checkpoint(model, checkpoint_path, use_ema=use_ema)
+    return model
+
+
+def create_model_from_checkpoint(name: str, checkpoint_path: str | Path, **kwargs: Any) -> WeightFormer:
+    """Build `name` shaped like the checkpoint at `checkpoint_path` and load it.
+
+    The class count is read from the checkpoint's head; a training checkpoint of this package also says which
+    constructor overrides and input size it was trained with ("config": model_kwargs, img_size). Explicit
+    `kwargs` win over both.
+    """
+    if name.split(".")[0] not in MODEL_CONFIGS:
+        raise ValueError(f"Unknown model {name!r}; available: {', '.join(list_models())}.")
+    state = read_state_dict(checkpoint_path)
+    config = state.get("config") if isinstance(state.get("config"), dict) else {}
+    found: dict[str, Any] = dict(config.get("model_kwargs") or {})
+    if config.get("img_size"):
+        found["img_size"] = config["img_size"]
+    head = checkpoint_filter_fn(state).get("head.weight")
+    found["num_classes"] = head.shape[0] if head is not None else 0
+    model = timm.create_model(name, **{**found, **kwargs})
+    load_checkpoint(model, state)
     return model

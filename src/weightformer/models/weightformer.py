@@ -12,10 +12,11 @@ the last dimension directly and the 3x3 convolutions see a channels-last (B, C, 
 layout round trip.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: torch.fx copies forward()'s annotations into the code of the
+# graphs it traces, and TorchScript cannot read them back as strings.
 import re
 from collections.abc import Iterable
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -24,11 +25,18 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
+from timm.models._features_fx import register_notrace_module
 from torch.utils.checkpoint import checkpoint
 
 from .. import kernels
 from ..layers import DynamicDWConv2d, DynamicLinear
 from ..layers.common import to_nchw, to_nhwc
+
+# The dynamic layers' input checks and per-sample shapes are data-dependent Python: torch.fx feature extraction
+# (timm's, torchvision's) keeps them whole, as leaf modules, instead of tracing into them.
+register_notrace_module(DynamicLinear)
+register_notrace_module(DynamicDWConv2d)
+_DYNAMIC_LAYERS = (DynamicLinear, DynamicDWConv2d)
 
 __all__ = [
     "WeightFormer",
@@ -65,25 +73,42 @@ class DepthwiseConv(nn.Conv2d):
 
     def forward(self, x: torch.Tensor, residual: bool = False) -> torch.Tensor:
         """x: (B, H, W, C) -> (B, H, W, C); with `residual`, x + conv(x) (fused on the fast path)."""
-        if not kernels.reference_enabled():
-            return kernels.depthwise_conv(x, self.weight.squeeze(1), self.bias, residual=residual)
-        y = to_nhwc(super().forward(to_nchw(x)))
+        if not torch.jit.is_scripting():  # (TorchScript compiles only the reference path: nested ifs, see Mlp)
+            if not kernels.reference_enabled():
+                return kernels.depthwise_conv(x, self.weight.squeeze(1), self.bias, residual=residual)
+        y = to_nhwc(self._conv_forward(to_nchw(x), self.weight, self.bias))
         return x + y if residual else y
 
 
 class Mlp(nn.Module):
-    """fc2(GELU(fc1(x))); fc1 is a `DynamicLinear` in dynamic blocks."""
+    """fc2(GELU(fc1(x))); fc1 is a `DynamicLinear` in dynamic blocks.
 
-    def __init__(self, dim: int, hidden_dim: int, dynamic: bool, predictor: str) -> None:
+    Every submodule's own forward runs, so hooks, LoRA adapters, quantized or pruned layers act as they would in
+    any timm model. The one exception is invisible by construction: while training with plain nn.GELU / nn.Linear
+    modules and no hooks (`kernels.gelu_linear_fusable`), act and fc2 run fused, storing only fc1's output for
+    the backward pass (GELU is recomputed there): the same numbers with a quarter less activation memory.
+    """
+
+    def __init__(
+        self, dim: int, hidden_dim: int, dynamic: bool, predictor: str, odd_grid_pooling: str = "ceil"
+    ) -> None:
         super().__init__()
-        self.fc1 = DynamicLinear(dim, hidden_dim, predictor=predictor) if dynamic else nn.Linear(dim, hidden_dim)
+        if dynamic:
+            self.fc1 = DynamicLinear(dim, hidden_dim, predictor=predictor, odd_grid_pooling=odd_grid_pooling)
+        else:
+            self.fc1 = nn.Linear(dim, hidden_dim)
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden_dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not kernels.reference_enabled():  # same numbers; GELU's output recomputed in backward, not stored
-            return kernels.gelu_linear(self.fc1(x), self.fc2.weight, self.fc2.bias)
-        return self.fc2(self.act(self.fc1(x)))
+        """x: (B, H, W, C) -> (B, H, W, C)."""
+        hidden = self.fc1(x)  # (B, H, W, 4C)
+        # TorchScript skips the body of `if not torch.jit.is_scripting():` without compiling it, but not the
+        # right-hand side of an `and`: the fast path's Python stays in a nested if.
+        if not torch.jit.is_scripting():
+            if not kernels.reference_enabled() and kernels.gelu_linear_fusable(self.act, self.fc2, hidden):
+                return kernels.gelu_linear(hidden, self.fc2.weight, self.fc2.bias)
+        return self.fc2(self.act(hidden))
 
 
 class Block(nn.Module):
@@ -105,13 +130,14 @@ class Block(nn.Module):
         drop_path: float = 0.0,
         linear_predictor: str = "bilateral",
         conv_predictor: str = "adaptive",
+        odd_grid_pooling: str = "ceil",
     ) -> None:
         super().__init__()
         self.dynamic = dynamic
         self.norm1 = nn.LayerNorm(dim, eps=1e-6) if dynamic else nn.Identity()
         self.token_mixer = DynamicDWConv2d(dim, 3, predictor=conv_predictor) if dynamic else DepthwiseConv(dim)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), dynamic, linear_predictor)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), dynamic, linear_predictor, odd_grid_pooling)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -162,9 +188,16 @@ class WeightFormer(nn.Module):
         dynamic_blocks: placement of dynamic blocks, see `dynamic_block_indices`.
         linear_predictor: predictor of the dynamic MLP layers (see `weightformer.layers.LINEAR_PREDICTORS`).
         conv_predictor: predictor of the dynamic depthwise convs (see `weightformer.layers.CONV_PREDICTORS`).
+        odd_grid_pooling: how the dynamic linear layers pool odd token grids: "ceil" (default, every token
+            counts) or "floor" (the reference code's, which drops the last row/column; the released weights
+            give the reference code's outputs exactly on odd grids with it). Even grids are the same either way.
         drop_rate: dropout before the head.
         drop_path_rate: stochastic depth rate, increasing linearly over the blocks.
+        device, dtype: where and in which dtype to create the parameters (timm's factory passes them).
     """
+
+    # forward_features returns tokens channels-last, (B, h, w, C); timm's tools read this attribute.
+    output_fmt = "NHWC"
 
     def __init__(
         self,
@@ -179,8 +212,11 @@ class WeightFormer(nn.Module):
         dynamic_blocks: str | Iterable[int] = "sparse",
         linear_predictor: str = "bilateral",
         conv_predictor: str = "adaptive",
+        odd_grid_pooling: str = "ceil",
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         if global_pool not in ("avg", ""):
@@ -193,8 +229,25 @@ class WeightFormer(nn.Module):
         self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
         self.dynamic_indices = dynamic_block_indices(depth, dynamic_blocks)
         self.grad_checkpointing = False
+        with torch.device(device) if device is not None else nullcontext():
+            self._build(depth, mlp_ratio, linear_predictor, conv_predictor, odd_grid_pooling, drop_rate, drop_path_rate)
+        if dtype is not None:
+            self.to(dtype)
+        # The smallest token grid side the dynamic layers can pool (a plain int: TorchScript reads it).
+        self.min_grid = max([1] + [m.min_grid for m in self.modules() if isinstance(m, _DYNAMIC_LAYERS)])
 
-        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
+    def _build(
+        self,
+        depth: int,
+        mlp_ratio: float,
+        linear_predictor: str,
+        conv_predictor: str,
+        odd_grid_pooling: str,
+        drop_rate: float,
+        drop_path_rate: float,
+    ) -> None:
+        embed_dim, patch_size = self.embed_dim, self.patch_size
+        self.patch_embed = PatchEmbed(patch_size, self.in_chans, embed_dim)
         rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # plain floats: meta-device safe
         self.blocks = nn.Sequential(
             *[
@@ -205,13 +258,14 @@ class WeightFormer(nn.Module):
                     drop_path=rates[i],
                     linear_predictor=linear_predictor,
                     conv_predictor=conv_predictor,
+                    odd_grid_pooling=odd_grid_pooling,
                 )
                 for i in range(depth)
             ]
         )
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = nn.Linear(embed_dim, self.num_classes) if self.num_classes > 0 else nn.Identity()
         self.feature_info = [dict(module=f"blocks.{i}", num_chs=embed_dim, reduction=patch_size) for i in range(depth)]
         self.initialize_weights()
 
@@ -220,7 +274,7 @@ class WeightFormer(nn.Module):
         # LayerNorm: 1 / 0. Conv2d (patch embedding, depthwise and 1x1 kernel-predictor convs): PyTorch default.
         # The dynamic layers initialise their own static weights (truncated normal, std 0.02, bias included).
         def init(module: nn.Module) -> None:
-            if isinstance(module, nn.Linear):
+            if type(module) is nn.Linear:  # not DynamicLinear, an nn.Linear that initialises itself
                 trunc_normal_(module.weight, std=0.02)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
@@ -229,13 +283,6 @@ class WeightFormer(nn.Module):
                 nn.init.zeros_(module.bias)
 
         self.apply(init)
-
-    @property
-    def min_grid(self) -> int:
-        """The smallest token grid side the dynamic layers can pool."""
-        return max(
-            [1] + [m.predictor.min_grid for m in self.modules() if isinstance(m, (DynamicLinear, DynamicDWConv2d))]
-        )
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raise ValueError with a plain explanation unless `x` is an image batch this model accepts."""
@@ -289,8 +336,12 @@ class WeightFormer(nn.Module):
                 raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}.")
             self.global_pool = global_pool
         self.num_classes = num_classes
-        device = self.patch_embed.proj.weight.device
-        self.head = nn.Linear(self.embed_dim, num_classes, device=device) if num_classes > 0 else nn.Identity()
+        reference = self.patch_embed.norm.weight  # the new head follows the model's device and dtype
+        self.head = (
+            nn.Linear(self.embed_dim, num_classes, device=reference.device, dtype=reference.dtype)
+            if num_classes > 0
+            else nn.Identity()
+        ).train(self.training)
 
     def forward_intermediates(
         self,
@@ -314,7 +365,7 @@ class WeightFormer(nn.Module):
         if output_fmt not in ("NCHW", "NHWC", "NLC"):
             raise ValueError(f"output_fmt must be 'NCHW', 'NHWC' or 'NLC', got {output_fmt!r}.")
         take_indices, max_index = feature_take_indices(len(self.blocks), indices)
-        self.check_input(x)
+        self._check(x)
         x = self.patch_embed(x)  # (B, h, w, C)
         blocks = self.blocks[: max_index + 1] if stop_early else self.blocks
         intermediates = []
@@ -345,17 +396,29 @@ class WeightFormer(nn.Module):
 
     # -- forward --------------------------------------------------------------------------------------------
 
+    def _check(self, x: torch.Tensor) -> None:
+        # Plain Python checks with readable messages in eager mode. Tracers (torch.fx, torch.jit.trace) and
+        # TorchScript skip them: under tracing the sizes are symbolic, and a bad size still fails in the ops.
+        if not torch.jit.is_scripting():
+            if not kernels.reference_enabled_by_tracing():
+                self.check_input(x)
+
+    @torch.jit.ignore
     def _run_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
+        if self.grad_checkpointing and torch.is_grad_enabled():
             return checkpoint(block, x, use_reentrant=False)
         return block(x)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, 3, H, W) -> normalised tokens (B, H/p, W/p, C)."""
-        self.check_input(x)
+        self._check(x)
         x = self.patch_embed(x)  # (B, h, w, C)
-        for block in self.blocks:
-            x = self._run_block(block, x)
+        if not torch.jit.is_scripting():
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                for block in self.blocks:
+                    x = checkpoint(block, x, use_reentrant=False)
+                return self.norm(x)
+        x = self.blocks(x)
         return self.norm(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -382,13 +445,15 @@ RELEASE_BLOCK_KEY_RULES = [
     (r"^blocks\.(\d+)\.dwc\.wfm\.0\.", r"blocks.\1.token_mixer.predictor.fc1."),
     (r"^blocks\.(\d+)\.dwc\.wfm\.2\.", r"blocks.\1.token_mixer.predictor.fc2."),
     (r"^blocks\.(\d+)\.dwc\.", r"blocks.\1.token_mixer."),
-    (r"^blocks\.(\d+)\.linear1\.w$", r"blocks.\1.mlp.fc1.static_weight"),
+    (r"^blocks\.(\d+)\.linear1\.w$", r"blocks.\1.mlp.fc1.weight"),
     (r"^blocks\.(\d+)\.linear1\.b$", r"blocks.\1.mlp.fc1.bias"),
     (r"^blocks\.(\d+)\.linear1\.wfm\.", r"blocks.\1.mlp.fc1.predictor.proj."),
     (r"^blocks\.(\d+)\.linear1\.w1$", r"blocks.\1.mlp.fc1.predictor.input_basis"),
     (r"^blocks\.(\d+)\.linear1\.w2$", r"blocks.\1.mlp.fc1.predictor.output_basis"),
     (r"^blocks\.(\d+)\.linear1\.", r"blocks.\1.mlp.fc1."),
     (r"^blocks\.(\d+)\.linear2\.", r"blocks.\1.mlp.fc2."),
+    # Ours before DynamicLinear became an nn.Linear: its W0 was called static_weight.
+    (r"^blocks\.(\d+)\.mlp\.fc1\.static_weight$", r"blocks.\1.mlp.fc1.weight"),
 ]
 _RELEASE_KEY_RULES = [(r"^init_norm\.", "patch_embed.norm."), *RELEASE_BLOCK_KEY_RULES]
 
@@ -445,10 +510,11 @@ def _cfg(hf_hub_id: str, size: int) -> dict[str, Any]:
         hf_hub_id=hf_hub_id,
         num_classes=1000,
         input_size=(3, size, size),
-        pool_size=None,
-        # Release evaluation: resize to floor(size * 256 / 224), centre crop `size`, bicubic.
+        pool_size=(size // 16, size // 16),  # the token grid forward_features returns
+        # The release's evaluation (its data/build.py): resize to a *square* floor(size * 256 / 224) on both
+        # sides, aspect ratio not kept (timm's "squash"), then centre crop `size`, bicubic.
         crop_pct=224 / 256,
-        crop_mode="center",
+        crop_mode="squash",
         interpolation="bicubic",
         mean=IMAGENET_DEFAULT_MEAN,
         std=IMAGENET_DEFAULT_STD,
