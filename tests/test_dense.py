@@ -69,7 +69,7 @@ def test_layer_decay_scales_the_lr_from_the_pyramid_down_to_the_stem():
     assert scale["backbone.patch_embed.proj.weight"] == 0.5**5
     assert len({id(p) for g in groups for p in g["params"]}) == len(list(pyramid.parameters()))
     decay = {names[id(p)] for g in groups if g["weight_decay"] > 0 for p in g["params"]}
-    assert "backbone.blocks.1.mlp.fc1.static_weight" in decay and "backbone.blocks.0.norm2.weight" not in decay
+    assert "backbone.blocks.1.mlp.fc1.weight" in decay and "backbone.blocks.0.norm2.weight" not in decay
 
 
 def test_torchvision_mask_rcnn_trains_on_the_pyramid():
