@@ -73,7 +73,7 @@ def test_fast_dit_checkpoint_takes_ema_by_default_and_model_on_request(tmp_path)
     kwargs = dict(SMALL, input_size=32)
     model = weightformer.create_model("weightformer_dit_s_2", checkpoint_path=tmp_path / "0400000.pt", **kwargs)
     assert torch.equal(model.x_embedder.proj.weight, ema["x_embedder.proj.weight"])
-    assert torch.equal(model.blocks[1].mlp.fc1.static_weight, ema["blocks.1.linear1.w"].t())  # input-major W0
+    assert torch.equal(model.blocks[1].mlp.fc1.weight, ema["blocks.1.linear1.w"].t())  # input-major W0
     trained = weightformer.create_model("weightformer_dit_s_2", checkpoint_path=tmp_path / "0400000.pt",
                                         use_ema=False, **kwargs)
     assert torch.equal(trained.final_layer.linear.weight, raw["final_layer.linear.weight"])
