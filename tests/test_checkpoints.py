@@ -161,3 +161,14 @@ def test_timm_fx_feature_extraction_gives_the_blocks_outputs_channels_last():
         expected = model.forward_intermediates(images, indices=[2, 9, 16], output_fmt="NHWC", intermediates_only=True)
     for got, want in zip(features, expected, strict=True):
         torch.testing.assert_close(got, want)
+
+
+def test_our_checkpoints_from_before_dynamic_linear_was_an_nn_linear_still_load():
+    torch.manual_seed(0)
+    model = _model_for(32, 5, 10)
+    old = {k.replace("mlp.fc1.weight", "mlp.fc1.static_weight") if k.startswith("blocks.1.") else k: v
+           for k, v in model.state_dict().items()}
+    assert "blocks.1.mlp.fc1.static_weight" in old
+    torch.manual_seed(1)
+    loaded = load_checkpoint(_model_for(32, 5, 10), {"model": old})
+    torch.testing.assert_close(loaded.blocks[1].mlp.fc1.weight, model.blocks[1].mlp.fc1.weight)

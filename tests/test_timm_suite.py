@@ -4,6 +4,9 @@ The file ships in timm's source distribution, not in the wheel: it is fetched on
 `pip download --no-deps --no-binary :all: timm==<installed version>` into the cache
 ($WEIGHTFORMER_CACHE or ~/.cache/weightformer) and run in a subprocess on the `weightformer_*` models, minus
 the tests that download pretrained weights. The test skips, saying why, only if the download fails.
+
+The default suite runs timm's tests on weightformer_tiny (every test function, ~1 minute on 2 cores); the
+`slow` suite on all three models (S and B differ from T only in width and input size; ~2.5-3 minutes).
 """
 from __future__ import annotations
 
@@ -21,7 +24,8 @@ import weightformer
 
 SUITE_FILES = ("tests/test_models.py",)
 # test_model_load_pretrained / test_model_features_pretrained need the network (Hub weights).
-SELECTION = "weightformer and not pretrained"
+NETWORK_FREE = "not pretrained"
+TESTS_PER_MODEL = 8  # forward, backward, default cfgs, torchscript, features, fx forward / backward / torchscript
 
 
 def _cache_dir() -> Path:
@@ -53,18 +57,28 @@ def _fetch_timm_tests() -> Path:
     return target
 
 
-def test_timm_model_suite_passes_for_every_weightformer_model():
+def _run_timm_suite(models: str) -> str:
+    """Run timm's test_models.py on the models matching `models` (a -k expression); return pytest's summary."""
     suite = _fetch_timm_tests()
     (suite / "pytest.ini").write_text("[pytest]\n")  # keep this project's pytest options out of timm's run
     src = str(Path(weightformer.__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "pytest", "tests/test_models.py", "-q", "-k", SELECTION,
+    cmd = [sys.executable, "-m", "pytest", "tests/test_models.py", "-q", "-k", f"{models} and {NETWORK_FREE}",
            "-p", "weightformer",  # importing the package registers the models before timm's file lists them
            "-p", "no:cacheprovider", "-W", "ignore::pytest.PytestUnknownMarkWarning"]
     result = subprocess.run(cmd, cwd=suite, env=env, capture_output=True, text=True, timeout=1200)
     summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else result.stderr[-2000:]
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
-    passed = int(re.search(r"(\d+) passed", summary).group(1))
-    # 8 tests per model (forward, backward, cfgs, torchscript, features, fx forward/backward/torchscript).
-    assert passed >= 8 * len(weightformer.list_models()), summary
     assert "failed" not in summary and "error" not in summary, summary
+    return summary
+
+
+def test_timm_model_suite_passes_for_weightformer_tiny():
+    summary = _run_timm_suite("weightformer_tiny")
+    assert int(re.search(r"(\d+) passed", summary).group(1)) == TESTS_PER_MODEL, summary
+
+
+@pytest.mark.slow
+def test_timm_model_suite_passes_for_every_weightformer_model():
+    summary = _run_timm_suite("weightformer")
+    assert int(re.search(r"(\d+) passed", summary).group(1)) == TESTS_PER_MODEL * len(weightformer.list_models())

@@ -144,3 +144,13 @@ def test_fvcore_and_torch_flop_counter_give_the_paper_macs_on_the_default_path(n
         model(images)
     assert round(counter.get_total_flops() / 2e9, 2) == gmacs
     assert counter.get_flop_counts()["WeightFormer.blocks.0.mlp.fc2"]
+
+
+def test_plain_torch_fx_symbolic_trace_gives_a_graph_that_works_at_any_size():
+    model = _small().eval()
+    graph = torch.fx.symbolic_trace(model)
+    assert any(node.target == "mlp.fc2" or str(node.target).endswith("mlp.fc2") for node in graph.graph.nodes)
+    for size in [(64, 80), (208, 144)]:  # the second an odd, non-square token grid
+        images = _images(size=size)
+        with torch.no_grad():
+            torch.testing.assert_close(graph(images), model(images))

@@ -174,7 +174,7 @@ def per_sample_depthwise_conv(x: torch.Tensor, kernel: torch.Tensor, bias: torch
     x: (B, H, W, C), kernel: (B, C, k, k), bias: (C,) -> (B, H, W, C). The plain PyTorch statement of the
     math: one grouped convolution with B*C groups.
     """
-    batch, height, width, channels = x.shape
+    batch, height, width, channels = x.shape[0], x.shape[1], x.shape[2], x.shape[3]  # (indexed: torch.fx)
     k = kernel.shape[-1]
     stacked = to_nchw(x).reshape(1, batch * channels, height, width)  # (1, B*C, H, W)
     weight = kernel.reshape(batch * channels, 1, k, k).to(stacked.dtype)
@@ -238,8 +238,9 @@ class DynamicDWConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor, residual: bool = False) -> torch.Tensor:
         """x: (B, H, W, C) -> (B, H, W, C); with `residual`, x + conv(x) (fused on the fast path)."""
-        if not torch.jit.is_scripting():
-            check_grid(x, self.channels, self.min_grid, "DynamicDWConv2d")
+        if not torch.jit.is_scripting():  # tracers skip the checks too: their sizes are symbolic
+            if not kernels.reference_enabled_by_tracing():
+                check_grid(x, self.channels, self.min_grid, "DynamicDWConv2d")
         kernel = self.static_weight.squeeze(1) + self.predictor(x)  # (B, C, k, k)
         if not torch.jit.is_scripting():  # TorchScript compiles the reference path only
             if not kernels.reference_enabled():

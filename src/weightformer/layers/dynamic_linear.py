@@ -196,8 +196,9 @@ class DynamicLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, H, W, C) -> (B, H, W, D)."""
-        if not torch.jit.is_scripting():
-            check_grid(x, self.in_features, self.min_grid, "DynamicLinear")
+        if not torch.jit.is_scripting():  # tracers skip the checks too: their sizes are symbolic
+            if not kernels.reference_enabled_by_tracing():
+                check_grid(x, self.in_features, self.min_grid, "DynamicLinear")
         weight = self.weight + self.predictor(x)  # (B, D, C)
         if not torch.jit.is_scripting():
             if not kernels.reference_enabled():
