@@ -7,7 +7,7 @@ import sys
 
 # Subcommand modules under weightformer.cli; each defines add_parser(subparsers) -> None, registering a
 # parser whose `func(args) -> int | None` runs the command.
-SUBCOMMAND_MODULES = ["models", "train", "eval", "predict", "plot", "bench", "export", "erf", "segment"]
+SUBCOMMAND_MODULES = ["models", "train", "eval", "predict", "plot", "bench", "export", "erf", "segment", "dit"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # said by the subcommand, which is where the flag was meant to go
-        prog = " ".join(["weightformer", *filter(None, [args.command, getattr(args, "segment_command", None)])])
+        prog = " ".join(["weightformer", *filter(None, [args.command, getattr(args, "segment_command", None),
+                                                       getattr(args, "dit_command", None)])])
         parser.exit(2, f"{prog}: error: unrecognized arguments: {' '.join(unknown)} (see {prog} --help)\n")
     if args.command is None:
         parser.print_help()

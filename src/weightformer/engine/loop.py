@@ -175,7 +175,8 @@ class Engine:
                 if not self._train_epoch(epoch):
                     return self._stopped()  # mid-epoch: its checkpoint is written
                 self._end_epoch(epoch)
-            _on_every_rank(lambda: self.task.report(self.model, self.run_dir, self.cfg.epochs, d), d, "report")
+            best_weights = self.ema.module if self.ema is not None else self.model  # the EMA when there is one
+            _on_every_rank(lambda: self.task.report(best_weights, self.run_dir, self.cfg.epochs, d), d, "report")
             return self._result(preempted=False)
         finally:
             self.log.close()

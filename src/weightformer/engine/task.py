@@ -74,4 +74,5 @@ class Task:
         return {}
 
     def report(self, model: nn.Module, run_dir: Path, epoch: int, d: Dist) -> None:
-        """Write a visual report of `model` after an evaluation (a sample grid, predictions drawn on images)."""
+        """Write a visual report of `model` (the EMA weights when kept) at the end of training: a sample grid,
+        predictions drawn on images."""
