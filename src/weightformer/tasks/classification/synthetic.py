@@ -23,7 +23,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-__all__ = ["SHAPES", "CLASS_NAMES", "VERSION", "default_cache_root", "render_example", "make_synthetic_dataset"]
+__all__ = ["SHAPES", "CLASS_NAMES", "VERSION", "default_cache_root", "render_example", "make_synthetic_dataset",
+           "dataset_folder"]
 
 # Bump when the images a seed produces change, so old caches are not reused.
 VERSION = 3
@@ -112,3 +113,8 @@ def make_synthetic_dataset(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+def dataset_folder(data_dir: str, synthetic: dict) -> Path:
+    """`data_dir`, or the embedded dataset (written once, then found in the cache) when it is "synthetic"."""
+    return make_synthetic_dataset(**synthetic) if data_dir == "synthetic" else Path(data_dir)

@@ -17,7 +17,7 @@ from ...models import create_model, load_checkpoint
 from .config import ClassificationConfig
 from .data import FolderDataset, check_splits, collate_images, eval_transform, train_transform
 from .evaluate import evaluate
-from .synthetic import make_synthetic_dataset
+from .synthetic import dataset_folder
 
 __all__ = ["ClassificationTask", "train"]
 
@@ -41,17 +41,12 @@ class ClassificationTask(Task):
 
     # -- data -------------------------------------------------------------------------------------------------
 
-    def _data_dir(self) -> Path:
-        cfg = self.cfg
-        return make_synthetic_dataset(**cfg.synthetic) if cfg.data_dir == "synthetic" else Path(cfg.data_dir)
-
     def prepare_data(self) -> None:
-        if self.cfg.data_dir == "synthetic":
-            make_synthetic_dataset(**self.cfg.synthetic)  # written once (atomically), then found in the cache
+        dataset_folder(self.cfg.data_dir, self.cfg.synthetic)  # the embedded set is generated here, once per node
 
     def build_datasets(self, d: Dist) -> Datasets:
         cfg = self.cfg
-        data_dir = self._data_dir()
+        data_dir = dataset_folder(cfg.data_dir, cfg.synthetic)
         self.classes = check_splits(data_dir, cfg.train_split, cfg.val_split)
         train_set = FolderDataset(str(data_dir / cfg.train_split), transform=train_transform(cfg))
         val_set = FolderDataset(str(data_dir / cfg.val_split),

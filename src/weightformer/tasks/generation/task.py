@@ -25,7 +25,7 @@ from ...engine.loop import fit
 from ...engine.task import Datasets, Task
 from ...models import create_model
 from ..classification.data import FolderDataset, check_splits, collate_images
-from ..classification.synthetic import make_synthetic_dataset
+from ..classification.synthetic import dataset_folder
 
 __all__ = ["GenerationConfig", "GenerationTask", "load_config", "add_config_arguments", "config_from_args", "train"]
 
@@ -75,16 +75,12 @@ class GenerationTask(Task):
         self.diffusion = create_diffusion(learn_sigma=cfg.model_kwargs.get("learn_sigma", True))
         self.classes: list[str] = []
 
-    def _data_dir(self) -> Path:
-        cfg = self.cfg
-        return make_synthetic_dataset(**cfg.synthetic) if cfg.data_dir == "synthetic" else Path(cfg.data_dir)
-
     def prepare_data(self) -> None:
-        if self.cfg.data_dir == "synthetic":
-            make_synthetic_dataset(**self.cfg.synthetic)
+        dataset_folder(self.cfg.data_dir, self.cfg.synthetic)  # the embedded set is generated here, once per node
 
     def build_datasets(self, d: Dist) -> Datasets:
-        cfg, data_dir = self.cfg, self._data_dir()
+        cfg = self.cfg
+        data_dir = dataset_folder(cfg.data_dir, cfg.synthetic)
         self.classes = check_splits(data_dir, cfg.train_split, cfg.val_split)
         size = cfg.image_size
         to_unit = [transforms.ToTensor(), transforms.Normalize([0.5] * 3, [0.5] * 3)]  # [-1, 1]
