@@ -83,3 +83,15 @@ def test_erf_command_errors_are_one_line(capsys, tmp_path):
     assert main(["erf", "weightformer_tiny", "--images", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("weightformer erf: error: ") for line in err)
+
+
+def test_given_weights_replace_the_random_ones(tmp_path):
+    torch.manual_seed(5)
+    source = build_model(ModelSpec("convnext_atto"), 128, seed=5)
+    path = tmp_path / "convnext.pth"
+    torch.save({"model": source.state_dict()}, path)
+    spec = parse_model_spec(f"convnext_atto@{path}")
+    loaded, random = build_model(spec, 128, seed=0), build_model(ModelSpec("convnext_atto"), 128, seed=0)
+    images = _images(1, 128)
+    torch.testing.assert_close(erf_map(loaded, images), erf_map(source, images))
+    assert not torch.allclose(erf_map(random, images), erf_map(source, images))
