@@ -95,3 +95,11 @@ def test_given_weights_replace_the_random_ones(tmp_path):
     images = _images(1, 128)
     torch.testing.assert_close(erf_map(loaded, images), erf_map(source, images))
     assert not torch.allclose(erf_map(random, images), erf_map(source, images))
+
+
+def test_embedded_images_are_the_classification_default_scenes():
+    from weightformer.analysis.erf import embedded_images
+
+    images = embedded_images(3, 64)
+    assert [im.size for im in images] == [(64, 64)] * 3 and images[0].mode == "RGB"
+    assert embedded_images(3, 64)[1].tobytes() == images[1].tobytes()  # deterministic by seed

@@ -127,7 +127,7 @@ def area_fractions(contribution: torch.Tensor, thresholds: tuple[float, ...] = T
 
 def embedded_images(count: int, size: int, seed: int = 0) -> list[Image.Image]:
     """`count` images of the package's embedded dataset (coloured shape pairs), drawn at `size` pixels."""
-    from ..train.synthetic import CLASS_NAMES, render_example
+    from ..tasks.classification.synthetic import CLASS_NAMES, render_example
 
     rng = random.Random(seed)
     return [render_example(i % len(CLASS_NAMES), size, rng) for i in range(count)]
