@@ -15,13 +15,7 @@ from weightformer.diffusion import create_diffusion, ddpm_sample, ddpm_scheduler
 diffusers = pytest.importorskip("diffusers")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are tiny: one intra-op thread is several times faster than two on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.py
 
 
 @pytest.mark.parametrize("cfg_scale", [1.0, 4.0])

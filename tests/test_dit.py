@@ -19,13 +19,7 @@ from weightformer.models.dit import sincos_pos_embed_2d
 SMALL = dict(input_size=8, patch_size=2, hidden_size=48, depth=4, num_classes=10)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are tiny: one intra-op thread is several times faster than two on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.py
 
 
 def _model(dtype=torch.float64, **kwargs) -> WeightFormerDiT:
