@@ -7,7 +7,8 @@ import sys
 
 # Subcommand modules under weightformer.cli; each defines add_parser(subparsers) -> None, registering a
 # parser whose `func(args) -> int | None` runs the command.
-SUBCOMMAND_MODULES = ["models", "train", "eval", "predict", "plot", "bench", "export", "erf", "segment", "dit"]
+SUBCOMMAND_MODULES = ["models", "train", "eval", "predict", "plot", "bench", "export", "erf", "segment", "detect",
+                      "dit"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -40,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # said by the subcommand, which is where the flag was meant to go
         prog = " ".join(["weightformer", *filter(None, [args.command, getattr(args, "segment_command", None),
+                                                       getattr(args, "detect_command", None),
                                                        getattr(args, "dit_command", None)])])
         parser.exit(2, f"{prog}: error: unrecognized arguments: {' '.join(unknown)} (see {prog} --help)\n")
     if args.command is None:
@@ -47,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return args.func(args) or 0
-    except (ValueError, OSError) as error:  # bad input: a file, a folder, a value; said in one line
+    except (ValueError, OSError, ModuleNotFoundError) as error:  # bad input or a missing extra: one line
         print(f"weightformer {args.command}: error: {_one_line(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

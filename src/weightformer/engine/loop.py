@@ -322,6 +322,7 @@ class Engine:
         bar = progress_bar(self.steps_per_epoch, self.steps_per_epoch - self.train_sampler.steps(start),
                            f"epoch {epoch + 1}/{cfg.epochs}", d.primary and cfg.progress)
         self.epoch_loss, self.interval_loss, self.tick = [0.0, 0], [0.0, 0], time.perf_counter()
+        self.interval_parts: dict[str, float] = {}
         self.epoch_start = time.perf_counter()
         try:
             for collated in loader:
@@ -366,6 +367,7 @@ class Engine:
         batch = _to_device(batch, d.device)
         with torch.autocast(d.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext():
             loss = self.task.training_loss(self.train_model, batch)
+        loss, parts = loss if isinstance(loss, tuple) else (loss, {})
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if cfg.clip_grad:
@@ -380,6 +382,8 @@ class Engine:
             raise RuntimeError(f"Loss is {value} at step {self.pos.step}; stopping.")
         for meter in (self.epoch_loss, self.interval_loss):
             meter[0], meter[1] = meter[0] + value, meter[1] + 1
+        for name, part in parts.items():
+            self.interval_parts[name] = self.interval_parts.get(name, 0.0) + float(part)
 
     def _count(self, collated: Collated) -> None:
         if collated.skipped:
@@ -400,16 +404,20 @@ class Engine:
         return counts, sums[len(COUNTERS):]
 
     def _log_interval(self, epoch: int, bar) -> None:
-        counts, (loss_sum, loss_count) = self._global_counts(*self.interval_loss)
+        # The loss's parts, when the task returns them; named by every rank (one may have skipped all its steps).
+        names = sorted(set().union(*gather_objects(sorted(self.interval_parts), self.d)))
+        counts, (loss_sum, loss_count, *part_sums) = self._global_counts(
+            *self.interval_loss, *(self.interval_parts.get(n, 0.0) for n in names))
         rate = self.interval_loss[1] * self.global_batch / max(time.perf_counter() - self.tick, 1e-9)
         lr = self.optimizer.param_groups[0]["lr"]
         if loss_count:
+            parts = {f"loss_{n}": v / loss_count for n, v in zip(names, part_sums, strict=True)}
             self.log.write("train", self.pos.step, epoch=epoch + self.pos.samples_in_epoch / self._epoch_samples(),
-                           loss=loss_sum / loss_count, lr=lr, images_per_second=rate, **counts)
+                           loss=loss_sum / loss_count, **parts, lr=lr, images_per_second=rate, **counts)
             if bar is not None:
                 bar.set_postfix(loss=f"{loss_sum / loss_count:.3f}", lr=f"{lr:.2e}", img_s=f"{rate:.0f}",
                                 refresh=False)
-        self.interval_loss, self.tick = [0.0, 0], time.perf_counter()
+        self.interval_loss, self.interval_parts, self.tick = [0.0, 0], {}, time.perf_counter()
 
     def _epoch_samples(self) -> int:
         return self.steps_per_epoch * self.global_batch

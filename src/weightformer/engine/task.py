@@ -60,8 +60,11 @@ class Task:
         """
         raise NotImplementedError
 
-    def training_loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
-        """The scalar loss of one batch (already on the device, inside autocast); `model` may be DDP-wrapped."""
+    def training_loss(self, model: nn.Module, batch: Any) -> torch.Tensor | tuple[torch.Tensor, dict[str, float]]:
+        """The scalar loss of one batch (already on the device, inside autocast); `model` may be DDP-wrapped.
+
+        May also return (loss, {name: value}) with the parts of a composite loss (the same names on every rank
+        and step): the log then holds each part's mean as `loss_<name>` next to `loss`."""
         raise NotImplementedError
 
     def evaluate(self, model: nn.Module, loader: Any, d: Dist, amp_dtype: torch.dtype | None) -> dict[str, float]:

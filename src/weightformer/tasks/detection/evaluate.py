@@ -1,0 +1,205 @@
+"""COCO metrics of a detector: predictions as COCO results (boxes, RLE masks) scored by pycocotools' COCOeval.
+
+Box AP and mask AP are COCOeval's own numbers (AP over IoU 0.50:0.95, AP50, AP75, AP for small / medium /
+large objects), in percent as COCO results are quoted. Only the images that were evaluated count (an unreadable
+image is skipped and counted, not scored as all misses), against the annotations `read_coco` kept. Under
+torch.distributed each rank predicts its share and rank 0 scores the gathered results.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ...engine.data import warn_skipped
+from ...engine.distributed import Dist, broadcast_object, gather_objects
+from .data import CocoSplit, require_pycocotools
+
+__all__ = ["METRIC_NAMES", "to_coco_results", "coco_metrics", "evaluate", "load_detector", "evaluate_checkpoint",
+           "format_metrics", "predict_images"]
+
+METRIC_NAMES = ("ap", "ap50", "ap75", "aps", "apm", "apl")  # COCOeval.stats[0:6]
+
+
+def to_coco_results(output: dict[str, torch.Tensor], image_id: int, category_ids: list[int],
+                    mask_threshold: float = 0.5) -> tuple[list[dict], list[dict]]:
+    """One image's predictions -> (box results, mask results) in COCO's results format.
+
+    output: `boxes` (N, 4) xyxy, `labels` (N,) in 1..K, `scores` (N,), optionally `masks` (N, 1, H, W) in [0, 1].
+    Masks are thresholded at `mask_threshold` and run-length encoded with pycocotools (the RLE is what COCOeval
+    scores; the box of a mask result is the mask's own).
+    """
+    mask_utils = require_pycocotools()
+    boxes = output["boxes"].float().cpu().numpy()
+    scores, labels = output["scores"].float().cpu().tolist(), output["labels"].cpu().tolist()
+    xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1).tolist()  # (N, 4)
+    box_results = [{"image_id": image_id, "category_id": category_ids[label - 1], "bbox": [round(c, 2) for c in b],
+                    "score": s} for b, label, s in zip(xywh, labels, scores, strict=True)]
+    mask_results = []
+    if "masks" in output:
+        binary = (output["masks"][:, 0] > mask_threshold).cpu().numpy().astype(np.uint8)  # (N, H, W)
+        rles = mask_utils.encode(np.asfortranarray(binary.transpose(1, 2, 0))) if len(binary) else []
+        for rle, label, s in zip(rles, labels, scores, strict=True):
+            mask_results.append({"image_id": image_id, "category_id": category_ids[label - 1], "score": s,
+                                 "segmentation": {"size": rle["size"], "counts": rle["counts"].decode("ascii")}})
+    return box_results, mask_results
+
+
+def coco_metrics(ground_truth: dict[str, Any], results: list[dict], iou_type: str,
+                 image_ids: list[int] | None = None) -> dict[str, float]:
+    """COCOeval's AP, AP50, AP75, APs, APm, APl (percent; NaN where no object of that size exists) of `results`
+    against the COCO dataset dict `ground_truth`, over `image_ids` (default: all its images)."""
+    require_pycocotools()
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    if not results:  # COCO.loadRes cannot load an empty list: nothing detected scores 0
+        return dict.fromkeys(METRIC_NAMES, 0.0)
+    quiet = io.StringIO()  # pycocotools prints as it goes; our table comes from the numbers
+    with contextlib.redirect_stdout(quiet):
+        gt = COCO()
+        gt.dataset = {"info": {}, **ground_truth}
+        gt.createIndex()
+        dt = gt.loadRes([dict(r) for r in results])  # loadRes adds fields (area, id) to what it gets
+        evaluator = COCOeval(gt, dt, iou_type)
+        if image_ids is not None:
+            evaluator.params.imgIds = sorted(image_ids)
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    stats = evaluator.stats[: len(METRIC_NAMES)]
+    return {name: 100 * float(v) if v >= 0 else float("nan") for name, v in zip(METRIC_NAMES, stats, strict=True)}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Any, d: Dist, split: CocoSplit, amp_dtype: torch.dtype | None = None
+             ) -> dict[str, float]:
+    """bbox_* and segm_* COCO metrics of `model` over `loader` (Collated batches of (images, targets) lists)."""
+    model.eval()
+    autocast = torch.autocast(d.device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
+    boxes, masks, image_ids, skipped = [], [], [], 0
+    for collated in loader:
+        if collated.skipped:
+            warn_skipped(collated.skipped)
+            skipped += len(collated.skipped)
+        if collated.batch is None:
+            continue
+        images, targets = collated.batch
+        with autocast:
+            outputs = model([im.to(d.device) for im in images])
+        for output, target in zip(outputs, targets, strict=True):
+            image_id = int(target["image_id"])
+            b, m = to_coco_results(output, image_id, split.category_ids)
+            boxes += b
+            masks += m
+            image_ids.append(image_id)
+    gathered = gather_objects((boxes, masks, image_ids, skipped), d)
+    metrics = None
+    if d.primary:
+        boxes, masks = [r for g in gathered for r in g[0]], [r for g in gathered for r in g[1]]
+        image_ids, skipped = [i for g in gathered for i in g[2]], sum(g[3] for g in gathered)
+        if not image_ids:
+            metrics = f"No readable images to evaluate ({skipped} unreadable)."
+        else:
+            ground_truth = split.ground_truth(image_ids)
+            metrics = {**{f"bbox_{k}": v for k, v in coco_metrics(ground_truth, boxes, "bbox", image_ids).items()},
+                       **{f"segm_{k}": v for k, v in coco_metrics(ground_truth, masks, "segm", image_ids).items()},
+                       "images": len(image_ids), "detections": len(boxes), "skipped_samples": skipped}
+    metrics = broadcast_object(metrics, d)
+    if isinstance(metrics, str):
+        raise ValueError(metrics)
+    return metrics
+
+
+def format_metrics(metrics: dict[str, float], prefix: str = "") -> str:
+    """The two-row table of COCO metrics, e.g. for `bbox_ap` ... `segm_apl` (or `val_bbox_ap` with a prefix)."""
+    header = f"{'':6}" + "".join(f"{name.upper():>8}" for name in METRIC_NAMES)
+    rows = [header]
+    for kind, title in (("bbox", "box"), ("segm", "mask")):
+        values = [metrics.get(f"{prefix}{kind}_{name}", float("nan")) for name in METRIC_NAMES]
+        rows.append(f"{title:6}" + "".join(f"{v:8.1f}" if v == v else f"{'-':>8}" for v in values))
+    return "\n".join(rows)
+
+
+def load_detector(checkpoint: str | Path) -> tuple[nn.Module, Any, dict[str, Any]]:
+    """The model, config and extras (class names, category ids) of a `weightformer detect train` checkpoint."""
+    from ...engine.checkpoint import read_training_checkpoint
+    from .config import DetectionConfig
+    from .task import build_detector
+
+    state = read_training_checkpoint(checkpoint)
+    if state.get("task") != "detection":
+        raise ValueError(f"{checkpoint} is a {state.get('task', 'classification')} checkpoint, not a detection one.")
+    cfg = DetectionConfig.from_dict({**state["config"], "initial_checkpoint": None})
+    model = build_detector(cfg)
+    model.load_state_dict(state["model"])
+    extras = {"class_names": state.get("class_names") or [str(i + 1) for i in range(cfg.num_classes)],
+              "category_ids": state.get("category_ids") or list(range(1, cfg.num_classes + 1))}
+    return model.eval(), cfg, extras
+
+
+def _device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path, split: str = "val2017", device: str = "auto",
+                        batch_size: int = 1, workers: int = 0) -> dict[str, Any]:
+    """COCO metrics of a checkpoint of `weightformer detect train` on <data_dir>/annotations/instances_<split>.json;
+    also returns what `read_coco` left out, as `left_out`."""
+    from ...engine.data import EpochSampler, make_loader
+    from .data import CocoDetection, read_coco, split_paths
+
+    coco = read_coco(*split_paths(data_dir, split))
+    model, cfg, extras = load_detector(checkpoint)
+    if coco.category_ids != extras["category_ids"]:
+        raise ValueError(f"The categories of {coco.annotation_file} ({coco.category_ids[:10]}) are not the "
+                         f"checkpoint's ({extras['category_ids'][:10]}).")
+    dataset = CocoDetection(coco, train=False)
+    loader = make_loader(dataset, EpochSampler(len(dataset), shuffle=False), batch_size, workers, collate_lists)
+    dev = _device(device)
+    metrics = evaluate(model.to(dev), loader, Dist(device=dev), coco)
+    return {**metrics, "left_out": coco.describe_skipped()}
+
+
+def collate_lists(samples: list[Any]) -> tuple[Any, int]:
+    """(images, targets) lists: each image keeps its own size (the model batches and resizes)."""
+    return ([s[0] for s in samples], [s[1] for s in samples]), len(samples)
+
+
+@torch.no_grad()
+def predict_images(checkpoint: str | Path, images: list[str | Path], out_dir: str | Path, threshold: float = 0.5,
+                   device: str = "auto") -> list[tuple[Path, list[tuple[str, float, list[float]]]]]:
+    """Detect objects in each image; draw boxes and masks of score >= `threshold` on it, to
+    <out_dir>/<stem>-detections.png; return, per image, the PNG's path and its (class, score, xyxy box) list."""
+    from ..classification.evaluate import _open_image
+    from .report import draw_detections
+
+    model, _, extras = load_detector(checkpoint)
+    dev = _device(device)
+    model.to(dev)
+    names = extras["class_names"]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for path in images:
+        image = _open_image(path)
+        x = torch.from_numpy(np.array(image)).permute(2, 0, 1).float().div(255)  # (3, H, W) in [0, 1]
+        output = {k: v.cpu() for k, v in model([x.to(dev)])[0].items()}
+        keep = output["scores"] >= threshold
+        boxes, labels, scores = output["boxes"][keep], output["labels"][keep], output["scores"][keep]
+        drawn = draw_detections(image, boxes, labels, names, scores, output["masks"][keep, 0])
+        target = out_dir / f"{Path(path).stem}-detections.png"
+        drawn.save(target)
+        found = [(names[int(label) - 1], float(score), [round(c, 1) for c in box])
+                 for box, label, score in zip(boxes.tolist(), labels.tolist(), scores.tolist(), strict=True)]
+        results.append((target, found))
+    return results

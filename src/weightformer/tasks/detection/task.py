@@ -1,0 +1,125 @@
+"""Detection and instance segmentation as a Task of the training engine: COCO data, Mask R-CNN, COCOeval."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from ...engine.distributed import Dist
+from ...engine.loop import fit
+from ...engine.task import Datasets, Task
+from ...models.detection import create_detector
+from .config import DetectionConfig
+from .data import CocoDetection, CocoSplit, drop_unannotated, read_coco, require_pycocotools, split_paths
+from .evaluate import evaluate
+from .synthetic import make_detection_dataset
+
+__all__ = ["DetectionTask", "build_detector", "train"]
+
+
+def build_detector(cfg: DetectionConfig) -> nn.Module:
+    """The Mask R-CNN a config describes (LSJ recipes train and test at crop_size: see DetectionConfig)."""
+    if cfg.scale_jitter is not None:
+        min_size, max_size = (cfg.crop_size,), cfg.crop_size
+    else:
+        min_size, max_size = tuple(cfg.min_size), cfg.max_size
+    return create_detector(
+        cfg.backbone, cfg.num_classes, cfg.out_channels, min_size=min_size, max_size=max_size,
+        anchor_sizes=tuple(cfg.anchor_sizes), rpn_convs=cfg.rpn_convs, head_channels=cfg.head_channels,
+        box_convs=cfg.box_convs, box_fc=cfg.box_fc, box_fcs=cfg.box_fcs, mask_convs=cfg.mask_convs,
+        checkpoint=cfg.initial_checkpoint, drop_path_rate=cfg.drop_path, rcnn_kwargs=cfg.rcnn, **cfg.model_kwargs)
+
+
+class DetectionTask(Task):
+    """Boxes and instance masks with torchvision's Mask R-CNN on WeightFormer's (or DeiT's) simple feature pyramid."""
+
+    name = "detection"
+    best_metric, best_is_higher = "bbox_ap", True
+
+    def __init__(self, cfg: DetectionConfig) -> None:
+        super().__init__(cfg)
+        if cfg.data_dir is None:
+            raise ValueError("No dataset: set data_dir (--data-dir /path/to/coco, holding annotations/instances_"
+                             "<split>.json and <split>/), or --data-dir synthetic for the built-in one.")
+        require_pycocotools()
+        if cfg.scale_jitter is not None and (len(cfg.scale_jitter) != 2 or not 0 < cfg.scale_jitter[0]
+                                             <= cfg.scale_jitter[1]):
+            raise ValueError(f"scale_jitter must be [low, high] with 0 < low <= high, got {cfg.scale_jitter}.")
+        self.class_names: list[str] = []
+        self.category_ids: list[int] = []
+
+    def _data_dir(self) -> Path:
+        cfg = self.cfg
+        return make_detection_dataset(**cfg.synthetic) if cfg.data_dir == "synthetic" else Path(cfg.data_dir)
+
+    def prepare_data(self) -> None:
+        if self.cfg.data_dir == "synthetic":
+            make_detection_dataset(**self.cfg.synthetic)
+
+    def _read(self, data_dir: Path, split: str) -> CocoSplit:
+        coco = read_coco(*split_paths(data_dir, split))
+        if len(coco.categories) != self.cfg.num_classes:
+            raise ValueError(f"{coco.annotation_file} has {len(coco.categories)} categories, but num_classes is "
+                             f"{self.cfg.num_classes}: set --num-classes {len(coco.categories)}.")
+        return coco
+
+    def build_datasets(self, d: Dist) -> Datasets:
+        cfg = self.cfg
+        data_dir = self._data_dir()
+        train = self._read(data_dir, cfg.train_split)
+        drop_unannotated(train)
+        if not train.images:
+            raise ValueError(f"{train.annotation_file} has no image with a usable annotation to train on: "
+                             f"{train.describe_skipped()}.")
+        self.class_names, self.category_ids = train.class_names, train.category_ids
+        self.val_split = self._read(data_dir, cfg.val_split) if cfg.val_split else None
+        if self.val_split is not None and self.val_split.category_ids != train.category_ids:
+            raise ValueError(f"The {cfg.val_split} and {cfg.train_split} annotation files list different categories.")
+        jitter = tuple(cfg.scale_jitter) if cfg.scale_jitter is not None else None
+        train_set = CocoDetection(train, train=True, hflip=cfg.hflip, scale_jitter=jitter, crop_size=cfg.crop_size)
+        self.val_dataset = CocoDetection(self.val_split, train=False) if self.val_split is not None else None
+        description = f"{cfg.num_classes} classes, {len(train.images)} train"
+        description += f" / {len(self.val_split.images)} val images" if self.val_split else " images"
+        description += f" from {data_dir}"
+        for name, split in (("train", train), ("val", self.val_split)):
+            if split is not None and split.skipped:
+                description += f"; left out of {name}: {split.describe_skipped()}"
+        return Datasets(train_set, self.val_dataset, description)
+
+    def collate(self, samples: list[Any], train: bool) -> tuple[Any, int]:
+        return ([s[0] for s in samples], [s[1] for s in samples]), len(samples)  # each image at its own size
+
+    def build_model(self) -> nn.Module:
+        return build_detector(self.cfg)
+
+    def training_loss(self, model: nn.Module, batch: tuple[list, list]) -> tuple[torch.Tensor, dict[str, float]]:
+        """The sum of Mask R-CNN's five losses (RPN objectness and box, classifier, box regression, mask);
+        each is also returned for the log."""
+        images, targets = batch
+        targets = [{k: v for k, v in t.items() if k != "image_id"} for t in targets]
+        losses = model(images, targets)
+        total = sum(v.float() for v in losses.values())
+        return total, {name.removeprefix("loss_"): v.item() for name, v in losses.items()}
+
+    def evaluate(self, model: nn.Module, loader: Any, d: Dist, amp_dtype: torch.dtype | None) -> dict[str, float]:
+        return evaluate(model, loader, d, self.val_split, amp_dtype)
+
+    def checkpoint_extras(self) -> dict[str, Any]:
+        return {"class_names": self.class_names, "category_ids": self.category_ids}
+
+    def report(self, model: nn.Module, run_dir: Path, epoch: int, d: Dist) -> None:
+        """Validation images with their annotations and the predictions, to <run>/predictions.png (rank 0)."""
+        if d.primary and self.val_dataset is not None:
+            from .report import plot_detections
+
+            path = plot_detections(model, self.val_dataset, self.class_names, run_dir / "predictions.png", d.device,
+                                   threshold=self.cfg.draw_threshold)
+            print(f"Predictions on validation images: {path}", flush=True)
+
+
+def train(cfg: DetectionConfig) -> dict[str, Any]:
+    """Train (or resume) the detection run `cfg` describes."""
+    return fit(DetectionTask(cfg))
