@@ -325,3 +325,49 @@ def test_detect_train_refuses_what_it_cannot_train_on_in_one_line(shapes, tmp_pa
     err = capsys.readouterr().err
     assert err.startswith("weightformer detect: error: ") and expected in err and len(err.splitlines()) == 1
     assert not (tmp_path / "runs").exists()
+
+
+# -- the model and the schedules of the recipes ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backbone, kwargs", [("weightformer_tiny", dict(embed_dim=16, depth=3)),
+                                              ("deit_tiny_patch16_224", dict(embed_dim=16, depth=3, num_heads=2))])
+def test_detector_predicts_in_image_coordinates_and_decays_the_backbone_lr_by_layer(backbone, kwargs):
+    from weightformer.models.dense import layer_decay_groups
+    from weightformer.models.detection import create_detector
+
+    torch.manual_seed(0)
+    model = create_detector(backbone, num_classes=2, out_channels=16, min_size=64, max_size=96, head_channels=16,
+                            box_fc=32, drop_path_rate=0.0, rcnn_kwargs=dict(box_score_thresh=0.0), **kwargs).eval()
+    with torch.no_grad():
+        out = model([torch.rand(3, 50, 75), torch.rand(3, 33, 41)])
+    for o, (h, w) in zip(out, [(50, 75), (33, 41)], strict=True):
+        assert o["masks"].shape[1:] == (1, h, w) and len(o["boxes"]) == len(o["scores"]) > 0
+        assert (o["boxes"][:, 2] <= w).all() and (o["boxes"][:, 3] <= h).all() and set(o["labels"].tolist()) <= {1, 2}
+    groups = layer_decay_groups(model, lr=1.0, weight_decay=0.05, layer_decay=0.5)
+    names = {id(p): n for n, p in model.named_parameters()}
+    scale = {names[id(p)]: g["lr_scale"] for g in groups for p in g["params"]}
+    assert scale["rcnn.roi_heads.mask_predictor.mask_fcn_logits.weight"] == 1.0  # heads: the full rate
+    assert scale["rcnn.backbone.backbone.blocks.2.norm2.weight"] == 0.5
+    assert scale["rcnn.backbone.backbone.blocks.0.norm2.weight"] == 0.5**3
+    with pytest.raises(ValueError, match="one size per pyramid level"):
+        create_detector(backbone, 2, 16, anchor_sizes=(32, 64), **kwargs)
+
+
+def test_multistep_schedule_of_the_1x_recipe():
+    from weightformer.engine.optim import build_scheduler
+
+    cfg = load_config("coco-1x", data_dir="unused")
+    assert cfg.sched == "multistep" and cfg.decay_milestones == [8, 11] and cfg.epochs == 12
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch=100)
+    lrs = {}
+    for epoch in (1, 7.5, 8.5, 10.9, 11.5):
+        scheduler.step_update(num_updates=int(epoch * 100))
+        lrs[epoch] = optimizer.param_groups[0]["lr"]
+    assert lrs[1] == lrs[7.5] == pytest.approx(1e-4)
+    assert lrs[8.5] == lrs[10.9] == pytest.approx(1e-5) and lrs[11.5] == pytest.approx(1e-6)
+    for bad in ([], [11, 8]):
+        with pytest.raises(ValueError, match="increasing decay_milestones"):
+            build_scheduler(optimizer, load_config("coco-1x", decay_milestones=bad), steps_per_epoch=100)
+    assert load_config("coco-lsj").scale_jitter == [0.1, 2.0] and load_config("coco-3x").epochs == 36

@@ -68,7 +68,9 @@ class EngineConfig:
     base_batch_size: int = 512
     warmup_lr: float = 5e-7
     min_lr: float = 5e-6
-    sched: str = "cosine"  # "cosine" (to min_lr) or "constant" (after the warm-up)
+    sched: str = "cosine"  # "cosine" (to min_lr), "constant" (after the warm-up) or "multistep"
+    decay_milestones: list[float] = field(default_factory=list)  # multistep: epochs where lr is x decay_rate
+    decay_rate: float = 0.1
     opt: str = "adamw"
     opt_eps: float = 1e-8
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
