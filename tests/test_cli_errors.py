@@ -109,6 +109,18 @@ CASES = {
                          "multiples of the patch size 16"),
     "bench-resolution-zero": (lambda f: ["bench", "--device", "cpu", "--resolutions", "0", "--out", f"{B}/r"],
                               "got 0"),
+    # detect
+    "detect-train-no-data-dir": (lambda f: ["detect", "train", "--data-dir", "null", "--output-dir",
+                                            str(f["root"] / "failed-runs")],
+                                 "No dataset: set data_dir"),
+    "detect-train-no-annotations": (lambda f: ["detect", "train", "--data-dir", f"{B}/empty-dataset", "--output-dir",
+                                               str(f["root"] / "failed-runs"), "--workers", "0"],
+                                    "No annotation file {bad}/empty-dataset/annotations/instances_train2017.json"),
+    "detect-predict-classifier": (lambda f: ["detect", "predict", str(f["image"]), "--checkpoint",
+                                             str(f["checkpoint"])],
+                                  "is a classification checkpoint, not a detection one"),
+    "detect-eval-not-coco": (lambda f: ["detect", "eval", str(f["checkpoint"]), "--data-dir", f"{B}/a-file"],
+                             "No annotation file"),
     # summary
     "summary-unknown-model": (lambda f: ["summary", "weightformer_huge"], "invalid choice: 'weightformer_huge'"),
     "summary-size": (lambda f: ["summary", "weightformer_tiny", "--img-size", "225"], "multiples of the patch size 16"),

@@ -20,6 +20,7 @@ from weightformer.tasks.detection.data import (
     CocoDetection,
     _hflip,
     _large_scale_jitter,
+    drop_too_thin,
     drop_unannotated,
     polygon_area,
     segmentation_to_mask,
@@ -157,6 +158,7 @@ def test_bad_annotations_are_left_out_with_a_count_and_a_reason(tmp_path):
     assert "missing.png" in split.describe_skipped()
     assert [a["id"] for a in split.annotations[1]] == [1, 2, 3] and 4 not in split.annotations
     assert drop_unannotated(split) == 1 and [im["id"] for im in split.images] == [1]
+    assert split.skipped["training images without a usable annotation"] == 1 and "d.png" in split.describe_skipped()
     image, target = CocoDetection(split, train=True, hflip=0.0)[0]
     assert image.shape == (3, 17, 31) and 0 <= image.min() and image.max() <= 1
     assert target["labels"].tolist() == [1, 2]  # category ids 3, 7 -> labels 1, 2; the crowd region left out
@@ -164,6 +166,8 @@ def test_bad_annotations_are_left_out_with_a_count_and_a_reason(tmp_path):
     assert target["masks"].shape == (2, 17, 31) and target["masks"][0].sum() == 100  # the 10x10 square
     truth = split.ground_truth()
     assert {a["id"] for a in truth["annotations"]} == {1, 2, 3}
+    thin = read_coco(path, tmp_path / "train2017")  # 31x17 and 20x20: resized to fit 3 px, 17 -> 1.6 px is too thin
+    assert drop_too_thin(thin, 4, 60) == 0 and drop_too_thin(thin, 4, 3) == 1 and thin.images[0]["id"] == 4
     assert truth["annotations"][2]["area"] == 20  # computed from the crowd RLE when the file has none
 
 
@@ -285,7 +289,7 @@ def test_detection_trains_on_the_engine_and_evaluates_and_predicts_from_its_chec
     cfg = load_config("synthetic", data_dir=str(shapes), output_dir=str(tmp_path / "runs"), epochs=1, batch_size=8,
                       model_kwargs=dict(embed_dim=16, depth=2), out_channels=16, head_channels=16, box_fc=32,
                       min_size=[64], max_size=64, workers=0, progress=False, tensorboard=False, log_interval=1,
-                      deterministic=True)
+                      deterministic=True, rcnn=dict(rpn_post_nms_top_n_test=50, box_detections_per_img=10))
     result = train(cfg)
     records = [json.loads(line) for line in (result["run_dir"] / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if r["kind"] == "train"]

@@ -34,3 +34,15 @@ def test_the_embedded_segmentation_default_reaches_70_miou(tmp_path):
     found = re.search(r"Done: val mIoU ([\d.]+) %", done.stdout)
     assert found and float(found.group(1)) >= 70.0, done.stdout[-3000:]
     assert (tmp_path / "segmentation-synthetic" / "predictions.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_the_embedded_detection_default_reaches_the_ap50_thresholds(tmp_path):
+    # `weightformer detect train` with no arguments: Mask R-CNN on the generated COCO-format shapes, scored by
+    # pycocotools' COCOeval on the validation split; the README reports the numbers and the time.
+    done = subprocess.run([sys.executable, "-m", "weightformer", "detect", "train", "--output-dir", str(tmp_path),
+                           "--progress", "false"], capture_output=True, text=True, timeout=3600, env={**os.environ})
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = re.search(r"Done: val box AP [\d.]+, AP50 ([\d.]+); mask AP [\d.]+, AP50 ([\d.]+)", done.stdout)
+    assert found and float(found.group(1)) >= 80.0 and float(found.group(2)) >= 70.0, done.stdout[-3000:]
+    assert (tmp_path / "detection-synthetic" / "predictions.png").read_bytes()[:4] == b"\x89PNG"

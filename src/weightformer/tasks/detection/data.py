@@ -30,7 +30,7 @@ from PIL import Image
 from ...engine.data import Unreadable
 
 __all__ = ["CocoSplit", "CocoDetection", "read_coco", "split_paths", "segmentation_to_mask", "polygon_area",
-           "xywh_to_xyxy", "require_pycocotools"]
+           "xywh_to_xyxy", "require_pycocotools", "drop_unannotated", "drop_too_thin"]
 
 
 def require_pycocotools():
@@ -244,15 +244,33 @@ def read_coco(annotation_file: str | Path, image_dir: str | Path, check_files: b
     return split
 
 
+def _drop_images(split: CocoSplit, keep: Any, reason: str) -> int:
+    kept = [im for im in split.images if keep(im)]
+    for image in split.images:
+        if not keep(image):
+            _note(split, reason, str(image["file_name"]))
+    dropped, split.images = len(split.images) - len(kept), kept
+    return dropped
+
+
 def drop_unannotated(split: CocoSplit) -> int:
     """Leave out the images without a non-crowd annotation (nothing to learn from, as in torchvision's reference
     training); return how many."""
-    before = len(split.images)
-    split.images = [im for im in split.images if any(not a["iscrowd"] for a in split.annotations.get(im["id"], []))]
-    if before > len(split.images):
-        split.skipped["training images without a usable annotation"] += before - len(split.images)
-        split.examples.setdefault("training images without a usable annotation", "")
-    return before - len(split.images)
+    return _drop_images(split, lambda im: any(not a["iscrowd"] for a in split.annotations.get(im["id"], [])),
+                        "training images without a usable annotation")
+
+
+def drop_too_thin(split: CocoSplit, min_size: int, max_size: int) -> int:
+    """Leave out the images so elongated that the model's resize (shorter side to `min_size`, longer at most
+    `max_size`) would leave their shorter side under 2 pixels (torchvision's resize fails on them); return how
+    many."""
+
+    def fits(image: dict) -> bool:
+        short, long = sorted((image["width"], image["height"]))
+        return short * min(min_size / short, max_size / long) >= 2
+
+    return _drop_images(split, fits, f"images too elongated for the model's resize (to {min_size}, at most "
+                                     f"{max_size})")
 
 
 # -- the dataset ----------------------------------------------------------------------------------------------

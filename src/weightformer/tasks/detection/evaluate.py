@@ -156,10 +156,12 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path, split: str
     """COCO metrics of a checkpoint of `weightformer detect train` on <data_dir>/annotations/instances_<split>.json;
     also returns what `read_coco` left out, as `left_out`."""
     from ...engine.data import EpochSampler, make_loader
-    from .data import CocoDetection, read_coco, split_paths
+    from .data import CocoDetection, drop_too_thin, read_coco, split_paths
+    from .task import _test_size
 
     coco = read_coco(*split_paths(data_dir, split))
     model, cfg, extras = load_detector(checkpoint)
+    drop_too_thin(coco, *_test_size(cfg))
     if coco.category_ids != extras["category_ids"]:
         raise ValueError(f"The categories of {coco.annotation_file} ({coco.category_ids[:10]}) are not the "
                          f"checkpoint's ({extras['category_ids'][:10]}).")

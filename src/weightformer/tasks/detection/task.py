@@ -13,11 +13,24 @@ from ...engine.loop import fit
 from ...engine.task import Datasets, Task
 from ...models.detection import create_detector
 from .config import DetectionConfig
-from .data import CocoDetection, CocoSplit, drop_unannotated, read_coco, require_pycocotools, split_paths
+from .data import (
+    CocoDetection,
+    CocoSplit,
+    drop_too_thin,
+    drop_unannotated,
+    read_coco,
+    require_pycocotools,
+    split_paths,
+)
 from .evaluate import evaluate
 from .synthetic import make_detection_dataset
 
 __all__ = ["DetectionTask", "build_detector", "train"]
+
+
+def _test_size(cfg: DetectionConfig) -> tuple[int, int]:
+    """(shorter side, longest allowed longer side) of the evaluation resize."""
+    return (cfg.crop_size, cfg.crop_size) if cfg.scale_jitter is not None else (cfg.min_size[-1], cfg.max_size)
 
 
 def build_detector(cfg: DetectionConfig) -> nn.Module:
@@ -71,11 +84,15 @@ class DetectionTask(Task):
         data_dir = self._data_dir()
         train = self._read(data_dir, cfg.train_split)
         drop_unannotated(train)
+        if cfg.scale_jitter is None:  # (LSJ resizes in the dataset, to crop_size squared, any image)
+            drop_too_thin(train, min(cfg.min_size), cfg.max_size)
         if not train.images:
             raise ValueError(f"{train.annotation_file} has no image with a usable annotation to train on: "
                              f"{train.describe_skipped()}.")
         self.class_names, self.category_ids = train.class_names, train.category_ids
         self.val_split = self._read(data_dir, cfg.val_split) if cfg.val_split else None
+        if self.val_split is not None:
+            drop_too_thin(self.val_split, *_test_size(cfg))
         if self.val_split is not None and self.val_split.category_ids != train.category_ids:
             raise ValueError(f"The {cfg.val_split} and {cfg.train_split} annotation files list different categories.")
         jitter = tuple(cfg.scale_jitter) if cfg.scale_jitter is not None else None
