@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 import weightformer
@@ -96,3 +97,63 @@ def test_pyramid_rejects_unknown_scales():
     backbone = weightformer.create_model("weightformer_tiny", num_classes=0, **SMALL)
     with pytest.raises(ValueError, match="among 4, 2, 1, 0.5"):
         SimpleFeaturePyramid(backbone, scales=(8.0,))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Cost report (weightformer summary NAME --dense)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _mask_rcnn_heads_macs_by_hand(maps_hw: list[tuple[int, int]], channels: int = 256, classes: int = 81) -> int:
+    """torchvision's Mask R-CNN heads, MACs written out: RPN conv3x3 + 1x1 logits (3 anchors) + 1x1 deltas on every
+    level; TwoMLPHead (7*7*C -> 1024 -> 1024) + class/box predictors on 1000 RoIs; four 3x3 convs at 14x14, a 2x2
+    transposed conv to 28x28 and a 1x1 class conv on 100 RoIs."""
+    rpn = sum(h * w * (channels * channels * 9 + channels * 3 + channels * 12) for h, w in maps_hw)
+    box = 1000 * (7 * 7 * channels * 1024 + 1024 * 1024 + 1024 * classes + 1024 * classes * 4)
+    mask = 100 * (4 * 14 * 14 * channels * channels * 9 + 14 * 14 * channels * channels * 4
+                  + 28 * 28 * channels * classes)
+    return rpn + box + mask
+
+
+def test_dense_cost_counts_heads_exactly_and_backbones_scale_as_claimed(monkeypatch):
+    from weightformer.analysis import dense_cost
+    from weightformer.analysis.flops import count_macs
+
+    sizes = [(128, 128), (256, 224)]
+    rows = {(r.model, r.backbone, r.height, r.width): r for r in dense_cost.dense_cost_rows("weightformer_tiny", sizes)}
+    deit = dense_cost.deit_of("weightformer_tiny")
+    assert deit == "deit_tiny_patch16_224"
+    detector, _ = dense_cost._dense_models("weightformer_tiny")
+    for height, width in sizes:
+        ours = rows[("Mask R-CNN", "weightformer_tiny", height, width)]
+        pyramid_macs = count_macs(detector.backbone, (3, height, width)).total
+        levels = [(-(-height // s), -(-width // s)) for s in (4, 8, 16, 32)]
+        levels.append((-(-levels[-1][0] // 2), -(-levels[-1][1] // 2)))  # the stride-64 "pool" level
+        expected = (pyramid_macs + _mask_rcnn_heads_macs_by_hand(levels)) / 1e9
+        assert ours.total_gmacs == pytest.approx(expected, rel=1e-9)
+        assert rows[("UperNet", "weightformer_tiny", height, width)].total_gmacs > ours.backbone_gmacs
+        padded = detector.backbone.padded_size(height, width)
+        # The pyramid's backbone is the classifier's forward less its final LayerNorm (forward_intermediates).
+        classifier_forward = count_macs(detector.backbone.backbone, (3, *padded)).gmacs
+        assert ours.backbone_gmacs == pytest.approx(classifier_forward, rel=1e-3)
+        assert ours.backbone_gmacs < classifier_forward
+    # WeightFormer's backbone is linear in the pixels; DeiT's grows faster (attention is quadratic).
+    # 8 x 8 tokens, then 16 x 14: 3.5 times as many.
+    small, large = (rows[("UperNet", "weightformer_tiny", *s)].backbone_gmacs for s in sizes)
+    assert large / small == pytest.approx(3.5, rel=0.02)
+    deit_small, deit_large = (rows[("UperNet", deit, *s)].backbone_gmacs for s in sizes)
+    assert deit_large / deit_small > 3.6
+
+
+def test_saved_activation_bytes_match_a_hand_count_and_attention_memory_is_quadratic():
+    from weightformer.analysis.dense_cost import memory_rows, saved_activation_bytes
+
+    # Linear saves its input; ReLU saves its output; the second Linear saves the ReLU output (the same tensor).
+    model = nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3))
+    total, square = saved_activation_bytes(model, torch.randn(11, 5, requires_grad=True), quadratic_side=7)
+    assert total == 4 * (11 * 5 + 11 * 7) and square == 0
+    rows = memory_rows("weightformer_tiny", [512, 1024])
+    grow_ours = rows[1].weightformer_mib / rows[0].weightformer_mib
+    grow_deit = rows[1].deit_mib / rows[0].deit_mib
+    assert rows[1].tokens == 4 * rows[0].tokens == 4096
+    assert grow_ours < 4.0 < 8.0 < grow_deit and rows[1].deit_fused_mib < rows[1].deit_mib

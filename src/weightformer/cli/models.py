@@ -27,6 +27,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     summary.add_argument(
         "--resolutions", type=int, nargs="+", default=DEFAULT_RESOLUTIONS, help="square sizes for the scaling table"
     )
+    summary.add_argument(
+        "--dense", action="store_true",
+        help="instead: backbone and total GMACs of Mask R-CNN and UperNet on this model and on the DeiT of its width "
+        "at 1024x1024, 1333x800 and 512x2048, and activation memory as resolution grows",
+    )
     summary.add_argument("--json", action="store_true", help="print JSON instead of tables")
     summary.set_defaults(func=run_summary)
 
@@ -52,6 +57,8 @@ def run_models(args: argparse.Namespace) -> int:
 
 
 def run_summary(args: argparse.Namespace) -> int:
+    if args.dense:
+        return run_dense_summary(args)
     with torch.device("meta"):  # sizes and costs need no memory
         model = create_model(args.name)
     if args.img_size is None:
@@ -94,4 +101,32 @@ def run_summary(args: argparse.Namespace) -> int:
         for r in scaling
     ]
     print(format_table(["input", f"{args.name} GMACs", f"{deit_name} GMACs", "DeiT / WeightFormer"], rows))
+    return 0
+
+
+def run_dense_summary(args: argparse.Namespace) -> int:
+    from ..analysis.dense_cost import BOX_PROPOSALS, MASK_DETECTIONS, dense_cost_rows, memory_rows
+
+    costs, memory = dense_cost_rows(args.name), memory_rows(args.name)
+    if args.json:
+        print(json.dumps(dict(name=args.name, cost=as_dicts(costs), memory=as_dicts(memory)), indent=2))
+        return 0
+    by_key = {(r.model, r.height, r.width, r.backbone == args.name): r for r in costs}
+    deit = next(r.backbone for r in costs if r.backbone != args.name)
+    rows = []
+    for (model, height, width, ours), row in by_key.items():
+        if ours:
+            base = by_key[(model, height, width, False)]
+            rows.append([model, f"{width}x{height}", f"{row.backbone_gmacs:.1f}", f"{base.backbone_gmacs:.1f}",
+                         f"{row.total_gmacs:.1f}", f"{base.total_gmacs:.1f}",
+                         f"{base.backbone_gmacs / row.backbone_gmacs:.2f}x"])
+    print(f"Dense prediction on {args.name} against {deit} (GMACs, fvcore convention; Mask R-CNN at torchvision's "
+          f"test-time defaults: {BOX_PROPOSALS} proposals, {MASK_DETECTIONS} masks; UperNet with 512 channels):\n")
+    print(format_table(["model", "input (WxH)", "backbone", "DeiT backbone", "total", "DeiT total",
+                        "DeiT / ours (backbone)"], rows))
+    print("\nTraining activation memory of the backbone, batch 1, float32 (MiB; tensors saved for backward):\n")
+    rows = [[f"{r.resolution}x{r.resolution}", r.tokens, f"{r.weightformer_mib:.0f}", f"{r.deit_mib:.0f}",
+             f"{r.deit_fused_mib:.0f}", f"{r.deit_mib / r.weightformer_mib:.1f}x"] for r in memory]
+    print(format_table(["input", "tokens", args.name, f"{deit} (N x N kept)", f"{deit} (fused attention)",
+                        "DeiT (N x N) / ours"], rows))
     return 0

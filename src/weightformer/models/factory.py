@@ -67,16 +67,17 @@ def _create_dit(
     return model
 
 
-def create_model_from_checkpoint(name: str, checkpoint_path: str | Path, **kwargs: Any) -> WeightFormer:
+def create_model_from_checkpoint(name: str, checkpoint_path: str | Path, state: dict[str, Any] | None = None,
+                                 **kwargs: Any) -> WeightFormer:
     """Build `name` shaped like the checkpoint at `checkpoint_path` and load it.
 
     The class count is read from the checkpoint's head; a training checkpoint of this package also says which
     constructor overrides and input size it was trained with ("config": model_kwargs, img_size). Explicit
-    `kwargs` win over both.
+    `kwargs` win over both. `state`: the file's contents when the caller has read it already.
     """
     if name.split(".")[0] not in MODEL_CONFIGS:
         raise ValueError(f"Unknown model {name!r}; available: {', '.join(list_models())}.")
-    state = read_state_dict(checkpoint_path)
+    state = read_state_dict(checkpoint_path) if state is None else state
     config = state.get("config") if isinstance(state.get("config"), dict) else {}
     found: dict[str, Any] = dict(config.get("model_kwargs") or {})
     if config.get("img_size"):
@@ -84,5 +85,5 @@ def create_model_from_checkpoint(name: str, checkpoint_path: str | Path, **kwarg
     head = checkpoint_filter_fn(state).get("head.weight")
     found["num_classes"] = head.shape[0] if head is not None else 0
     model = timm.create_model(name, **{**found, **kwargs})
-    load_checkpoint(model, state)
+    load_checkpoint(model, state, origin=checkpoint_path)
     return model

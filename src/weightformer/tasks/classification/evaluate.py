@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ...engine.data import EpochSampler, make_loader, warn_skipped
-from ...models import create_model, load_checkpoint, read_state_dict
+from ...models import create_model_from_checkpoint, read_state_dict
 from .data import FolderDataset, check_splits, collate_images, eval_transform
 
 __all__ = ["evaluate", "load_model_for_eval", "evaluate_folder", "predict", "class_names_for"]
@@ -78,21 +78,13 @@ def load_model_for_eval(checkpoint: str | Path, model_name: str | None = None, i
     """
     state = read_state_dict(checkpoint)
     config = state.get("config", {}) if isinstance(state, dict) else {}
-    kwargs = dict(config.get("model_kwargs", {}))
     name = model_name or config.get("model")
     if name is None:
         raise ValueError(f"{checkpoint} does not say which model it holds: pass the model name (e.g. "
                          "--model weightformer_tiny).")
-    weights = state.get("model", state)
-    if num_classes is None:
-        head = weights.get("head.weight")
-        num_classes = head.shape[0] if head is not None else 1000
-    size = img_size or config.get("img_size")
-    if config:
-        kwargs["img_size"] = config["img_size"]
-    model = create_model(name, num_classes=num_classes, **kwargs)
-    load_checkpoint(model, weights, origin=checkpoint)
-    size = size or model.pretrained_cfg["input_size"][-1]
+    overrides = {} if num_classes is None else {"num_classes": num_classes}
+    model = create_model_from_checkpoint(name, checkpoint, state=state, **overrides)
+    size = img_size or config.get("img_size") or model.pretrained_cfg["input_size"][-1]
     # Our runs evaluate with their recipe's crop; the release's files with the release's (pretrained_cfg).
     crop_pct = config.get("crop_pct", model.pretrained_cfg.get("crop_pct", 224 / 256))
     interpolation = config.get("interpolation", model.pretrained_cfg.get("interpolation", "bicubic"))
