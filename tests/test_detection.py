@@ -348,6 +348,13 @@ def test_detector_predicts_in_image_coordinates_and_decays_the_backbone_lr_by_la
     for o, (h, w) in zip(out, [(50, 75), (33, 41)], strict=True):
         assert o["masks"].shape[1:] == (1, h, w) and len(o["boxes"]) == len(o["scores"]) > 0
         assert (o["boxes"][:, 2] <= w).all() and (o["boxes"][:, 3] <= h).all() and set(o["labels"].tolist()) <= {1, 2}
+    # An image whose objects were all cropped away by LSJ trains as a negative: finite losses, no crash.
+    empty = dict(boxes=torch.zeros(0, 4), labels=torch.zeros(0, dtype=torch.int64),
+                 masks=torch.zeros(0, 40, 40, dtype=torch.uint8))
+    one = dict(boxes=torch.tensor([[5.0, 5, 30, 25]]), labels=torch.tensor([2]),
+               masks=torch.zeros(1, 40, 40, dtype=torch.uint8).index_fill_(1, torch.arange(5, 25), 1))
+    losses = model.train()([torch.rand(3, 40, 40), torch.rand(3, 40, 40)], [empty, one])
+    assert all(torch.isfinite(v) for v in losses.values()) and losses["loss_mask"] > 0
     groups = layer_decay_groups(model, lr=1.0, weight_decay=0.05, layer_decay=0.5)
     names = {id(p): n for n, p in model.named_parameters()}
     scale = {names[id(p)]: g["lr_scale"] for g in groups for p in g["params"]}
