@@ -311,7 +311,7 @@ def test_detection_trains_on_the_engine_and_evaluates_and_predicts_from_its_chec
                  "--threshold", "0"]) == 0
     assert capsys.readouterr().out.startswith(str(tmp_path / "000000000017-detections.png") + ": ")
     with Image.open(tmp_path / "000000000017-detections.png") as written:
-        assert written.size == (64, 64)
+        assert written.size == (256, 256)  # enlarged from 64x64 so that the labels can be read
     (tmp_path / "broken.png").write_bytes(b"")
     assert main(["detect", "predict", str(tmp_path / "broken.png"), "--checkpoint", str(checkpoint)]) == 2
     assert "broken.png is not a readable image (empty file)" in capsys.readouterr().err

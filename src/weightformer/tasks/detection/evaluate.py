@@ -180,8 +180,9 @@ def collate_lists(samples: list[Any]) -> tuple[Any, int]:
 @torch.no_grad()
 def predict_images(checkpoint: str | Path, images: list[str | Path], out_dir: str | Path, threshold: float = 0.5,
                    device: str = "auto") -> list[tuple[Path, list[tuple[str, float, list[float]]]]]:
-    """Detect objects in each image; draw boxes and masks of score >= `threshold` on it, to
-    <out_dir>/<stem>-detections.png; return, per image, the PNG's path and its (class, score, xyxy box) list."""
+    """Detect objects in each image; draw boxes and masks of score >= `threshold` on it (enlarged to 256 pixels
+    when smaller), to <out_dir>/<stem>-detections.png; return, per image, the PNG's path and its (class, score,
+    xyxy box in the image's pixels) list."""
     from ..classification.evaluate import _open_image
     from .report import draw_detections
 
@@ -198,7 +199,8 @@ def predict_images(checkpoint: str | Path, images: list[str | Path], out_dir: st
         output = {k: v.cpu() for k, v in model([x.to(dev)])[0].items()}
         keep = output["scores"] >= threshold
         boxes, labels, scores = output["boxes"][keep], output["labels"][keep], output["scores"][keep]
-        drawn = draw_detections(image, boxes, labels, names, scores, output["masks"][keep, 0])
+        drawn = draw_detections(image, boxes, labels, names, scores, output["masks"][keep, 0],
+                                scale=max(1.0, 256 / max(image.size)))  # small images enlarged: labels readable
         target = out_dir / f"{Path(path).stem}-detections.png"
         drawn.save(target)
         found = [(names[int(label) - 1], float(score), [round(c, 1) for c in box])
