@@ -68,7 +68,8 @@ def test_layer_decay_scales_the_lr_from_the_pyramid_down_to_the_stem():
     assert scale["backbone.blocks.3.norm2.weight"] == 0.5  # the last block: one step down
     assert scale["backbone.blocks.0.norm2.weight"] == 0.5**4
     assert scale["backbone.patch_embed.proj.weight"] == 0.5**5
-    assert len({id(p) for g in groups for p in g["params"]}) == len(list(pyramid.parameters()))
+    trainable = [p for p in pyramid.parameters() if p.requires_grad]  # all but the unused final norm
+    assert len({id(p) for g in groups for p in g["params"]}) == len(trainable) == len(list(pyramid.parameters())) - 2
     decay = {names[id(p)] for g in groups if g["weight_decay"] > 0 for p in g["params"]}
     assert "backbone.blocks.1.mlp.fc1.weight" in decay and "backbone.blocks.0.norm2.weight" not in decay
 
@@ -91,6 +92,9 @@ def test_torchvision_mask_rcnn_trains_on_the_pyramid():
     total.backward()
     assert torch.isfinite(total)
     assert pyramid.backbone.blocks[0].mlp.fc1.weight.grad.abs().sum() > 0  # gradients reach the backbone
+    # Every parameter that trains gets a gradient (DistributedDataParallel requires it); the final norm does not.
+    assert all(p.grad is not None for p in detector.parameters() if p.requires_grad)
+    assert not pyramid.backbone.norm.weight.requires_grad and pyramid.backbone.norm.weight.grad is None
 
 
 def test_pyramid_rejects_unknown_scales():

@@ -382,3 +382,40 @@ def test_multistep_schedule_of_the_1x_recipe():
         with pytest.raises(ValueError, match="increasing decay_milestones"):
             build_scheduler(optimizer, load_config("coco-1x", decay_milestones=bad), steps_per_epoch=100)
     assert load_config("coco-lsj").scale_jitter == [0.1, 2.0] and load_config("coco-3x").epochs == 36
+
+
+def _train_on_two(rank: int, port: int, data: str, out) -> None:
+    from test_engine_ddp import _join
+
+    _join(rank, 2, port)
+    result = train(_tiny_config(data, out / "runs"))
+    metrics = {k: v for k, v in result.items() if k.startswith("val_")}
+    (out / f"rank{rank}.json").write_text(json.dumps(dict(metrics, run_dir=str(result["run_dir"]))))
+
+
+def _tiny_config(data, runs, **overrides):
+    return load_config("synthetic", data_dir=str(data), output_dir=str(runs), epochs=1, batch_size=4,
+                       model_kwargs=dict(embed_dim=16, depth=2), out_channels=16, head_channels=16, box_fc=32,
+                       min_size=[64], max_size=64, workers=0, progress=False, tensorboard=False, log_interval=1,
+                       rcnn=dict(rpn_post_nms_top_n_test=50, box_detections_per_img=10, box_score_thresh=0.0),
+                       **overrides)
+
+
+@pytest.mark.slow
+def test_two_processes_score_every_validation_image_once(shapes, tmp_path, capsys):
+    # Each rank predicts its half of the 6 validation images; rank 0 scores the gathered results. The metrics
+    # every rank returns must be those of one process evaluating the saved model on all 6 images.
+    import torch.multiprocessing as mp
+
+    from test_engine_ddp import _free_port
+
+    mp.start_processes(_train_on_two, args=(_free_port(), str(shapes), tmp_path), nprocs=2, start_method="spawn")
+    reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert reports[0] == reports[1] and reports[0]["val_images"] == 6
+    checkpoint = f"{reports[0]['run_dir']}/checkpoints/last.pth"
+    capsys.readouterr()
+    assert main(["detect", "eval", checkpoint, "--data-dir", str(shapes), "--json", "--device", "cpu"]) == 0
+    single = json.loads(capsys.readouterr().out)
+    assert single["images"] == 6 and single["detections"] == reports[0]["val_detections"] > 0
+    for key in ("bbox_ap", "bbox_ap50", "segm_ap", "segm_ap50"):
+        assert single[key] == pytest.approx(reports[0][f"val_{key}"], nan_ok=True)

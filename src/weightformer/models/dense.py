@@ -61,6 +61,12 @@ class SimpleFeaturePyramid(nn.Module):
                  min_tokens: int = 3) -> None:
         super().__init__()
         self.backbone = backbone
+        # The pyramid reads the last block's output without the classifier's final norm (ViTDet), so that norm
+        # gets no gradient: frozen, DistributedDataParallel does not wait for it and the optimiser leaves it out,
+        # while classification checkpoints (which hold it) still load as they are.
+        for name in ("norm", "fc_norm"):
+            if isinstance(getattr(backbone, name, None), nn.Module):
+                getattr(backbone, name).requires_grad_(False)
         self.out_channels = out_channels
         self.strides = [int(16 / s) for s in scales]
         self.min_tokens = min_tokens
