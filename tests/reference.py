@@ -45,7 +45,7 @@ def softmax_pool_ref(grid: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
     for b in range(batch):
         for k in range(queries.shape[0]):
             scores = [torch.dot(grid[b, i, j], queries[k]) for i in range(height) for j in range(width)]
-            top = max(float(s) for s in scores)
+            top = torch.stack(scores).max()
             weights = [torch.exp(s - top) for s in scores]
             total = sum(weights)
             for (i, j), w in zip([(i, j) for i in range(height) for j in range(width)], weights, strict=True):

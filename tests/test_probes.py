@@ -141,6 +141,19 @@ def test_bad_knobs_are_one_line_errors():
         ProbeDataset("nope", Knobs(), 4)
     with pytest.raises(ValueError, match="size must be within"):
         ProbeDataset("count", Knobs(size=0.5), 4)
+    with pytest.raises(ValueError, match="colours must be within"):
+        ProbeDataset("same_different", Knobs(colours=7), 4)
+
+
+def test_fewer_colours_draw_from_the_start_of_the_palette():
+    dataset = ProbeDataset("same_different", Knobs(resolution=48, colours=2), 40)
+    used = set()
+    for i in range(len(dataset)):
+        image, label = _image(dataset, i)
+        masks = _palette_masks(image)
+        assert len(masks) == (1 if label else 2)
+        used |= set(masks)
+    assert used == {0, 1}
 
 
 def test_softmax_pool_singles_out_one_token_whatever_the_token_count():

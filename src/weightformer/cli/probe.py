@@ -33,6 +33,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="gap between the two parts as a fraction of the largest that fits (default 0.9)")
     parser.add_argument("--size", type=float, default=1 / 12, help="object side over image side (default 1/12)")
     parser.add_argument("--distractors", type=int, default=0, help="uninformative grey objects (default 0)")
+    parser.add_argument("--colours", type=int, default=6, help="same_different's palette size, 2-6 (default 6)")
     parser.add_argument("--width", type=int, default=DEFAULT_SIZES["width"], help="default width of the specs")
     parser.add_argument("--depth", type=int, default=DEFAULT_SIZES["depth"], help="default depth of the specs")
     parser.add_argument("--patch", type=int, default=DEFAULT_SIZES["patch"], help="default patch size of the specs")
@@ -55,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--out {out} is a file, not a folder.")
     cfg = SuiteConfig(
         tasks=args.tasks, models=args.models, seeds=args.seeds, resolutions=args.resolution,
-        distances=args.distance, size=args.size, distractors=args.distractors,
+        distances=args.distance, size=args.size, distractors=args.distractors, colours=args.colours,
         sizes=dict(width=args.width, depth=args.depth, patch=args.patch), steps=args.steps,
         batch_size=args.batch_size, lr=args.lr, val_images=args.val_images, threads=args.threads, jobs=args.jobs,
         device=args.device, out=str(out), resume=args.resume,

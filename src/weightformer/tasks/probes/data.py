@@ -6,18 +6,21 @@ colour of one square, the count on one side, the cue alone say nothing). Labels 
 every split is exactly balanced: chance is 50 %.
 
 What a model that cannot relate the parts can reach: when no window of a network sees both parts, its logit
-is a sum of one term per part (the head is linear in the mean of per-window features). A threshold on a sum
-f(a) + g(b) of an XOR-like relation of a and b is right on at most 3/4 of the pairs (it can pick a "staircase"
-such as rank(a) >= rank(b), which holds every equal pair and half of the unequal ones), so **75 % is the
-ceiling of a purely local model** on every task here, and accuracy above it shows that distant parts were
-related. The distance knob keeps the parts beyond a static network's receptive field (`static_receptive_field`).
+is a sum of one term per part plus terms that do not depend on the label (the head is linear in the mean of
+per-window features). Every label here is "the two parts' attributes a and b are equal" (colours, counts) or
+a XOR b (cue, shape), with the pairs distributed so that they split into 2 x 2 squares {a, b} x {a, b} of four
+equally likely cells, two of each label (for equality over P values: each equal cell lies in P - 1 squares, each
+unequal cell in one, and the masses 1/(2P) and 1/(2P(P - 1)) make every cell's share 1/(2P(P - 1))). A
+threshold on f(a) + g(b) is wrong on at least one cell of each such XOR square, so **75 % is the ceiling of a
+purely local model** on every task here, and accuracy above it shows that distant parts were related. The
+distance knob keeps the parts beyond a static network's receptive field (`static_receptive_field`).
 
 Images are generated on the fly from (seed, split, index): deterministic, nothing written to disk, and a
 training split as long as the step budget needs, so no image is seen twice.
 
 Knobs (all tasks): resolution (pixels per side), distance (centre-to-centre gap between the two parts as a
 fraction of the largest gap that fits, 0-1), size (object side as a fraction of the image side) and
-distractors (extra grey objects that carry no information).
+distractors (extra grey objects that carry no information); colours (same_different's palette size).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ class Knobs:
     distance: float = 0.9  # gap between the two parts' centres, as a fraction of the largest that fits
     size: float = 1 / 12  # object side over image side
     distractors: int = 0  # uninformative grey objects
+    colours: int = 6  # palette size of same_different (2-6); fewer colours: the same relation, easier to see
 
     def check(self) -> None:
         if self.resolution < 16:
@@ -55,6 +59,8 @@ class Knobs:
             raise ValueError(f"size must be within (0, 0.25] of the image side, got {self.size}.")
         if self.distractors < 0:
             raise ValueError(f"distractors must be >= 0, got {self.distractors}.")
+        if not 2 <= self.colours <= len(PALETTE):
+            raise ValueError(f"colours must be within [2, {len(PALETTE)}], got {self.colours}.")
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -135,14 +141,14 @@ def _two_far_corners(canvas: _Canvas, side: int, distance: float) -> tuple[tuple
 
 
 def _same_different(label: int, knobs: Knobs, rng: np.random.Generator) -> np.ndarray:
-    """Two coloured squares far apart: label 1 iff they have the same colour.
+    """Two coloured squares far apart: label 1 iff they have the same colour (of the first `colours` of PALETTE).
 
     Same: one colour drawn uniformly. Different: the first uniformly, the second uniformly among the others. Each
     square's colour is then uniform under both labels: one square alone says nothing.
     """
     canvas, side = _Canvas(knobs.resolution, rng), _object_side(knobs)
-    first = int(rng.integers(len(PALETTE)))
-    second = first if label else (first + int(rng.integers(1, len(PALETTE)))) % len(PALETTE)
+    first = int(rng.integers(knobs.colours))
+    second = first if label else (first + int(rng.integers(1, knobs.colours))) % knobs.colours
     for (row, col), colour in zip(_two_far_corners(canvas, side, knobs.distance), (first, second), strict=True):
         canvas.draw(row, col, side, PALETTE[colour])
     canvas.distractors(knobs.distractors, side)

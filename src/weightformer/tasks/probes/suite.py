@@ -47,6 +47,7 @@ class SuiteConfig:
     distances: list[float] = field(default_factory=lambda: [0.9])
     size: float = 1 / 12
     distractors: int = 0
+    colours: int = 6
     sizes: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SIZES))  # width, depth, patch of every spec
     steps: int = 300
     batch_size: int = 32
@@ -65,7 +66,7 @@ class SuiteConfig:
         for spec in self.models:  # build each once, so that a bad spec stops the suite before any run
             build_probe_model(spec, num_classes=2, img_size=self.resolutions[0], defaults=self.sizes)
         for resolution, distance in itertools.product(self.resolutions, self.distances):
-            Knobs(resolution, distance, self.size, self.distractors).check()
+            Knobs(resolution, distance, self.size, self.distractors, self.colours).check()
         if not self.models or not self.seeds or self.steps < 1 or self.jobs < 0 or self.threads < 1:
             raise ValueError("Need at least one model and one seed, steps and threads >= 1 and jobs >= 0.")
 
@@ -140,7 +141,7 @@ def run_one(key: dict[str, Any], cfg: SuiteConfig) -> dict[str, Any]:
     runs_dir.mkdir(parents=True, exist_ok=True)
     probe = ProbeConfig(
         probe=key["task"], model=key["model"], sizes=cfg.sizes, resolution=key["resolution"],
-        distance=key["distance"], size=cfg.size, distractors=cfg.distractors, steps=cfg.steps,
+        distance=key["distance"], size=cfg.size, distractors=cfg.distractors, colours=cfg.colours, steps=cfg.steps,
         val_images=cfg.val_images, seed=key["seed"], batch_size=cfg.batch_size, lr=cfg.lr, threads=cfg.threads,
         device=cfg.device, output_dir=str(runs_dir), run_name=_run_name(key), recipe="probe")
     log_path = runs_dir / f"{_run_name(key)}.log"
@@ -148,7 +149,8 @@ def run_one(key: dict[str, Any], cfg: SuiteConfig) -> dict[str, Any]:
         result = train_probe(probe)
     n_params = sum(p.numel() for p in result["model"].parameters())
     return {
-        **key, "size": cfg.size, "distractors": cfg.distractors, "steps": cfg.steps, "batch_size": cfg.batch_size,
+        **key, "size": cfg.size, "distractors": cfg.distractors, "colours": cfg.colours, "steps": cfg.steps,
+        "batch_size": cfg.batch_size,
         "accuracy": result["val_top1"], "val_loss": result["val_loss"], "train_loss": result["train_loss"],
         "train_images_per_second": cfg.steps * cfg.batch_size / result["epoch_seconds"],
         "eval_images_per_second": result["val_images_per_second"], "peak_memory_mb": memory.peak_mb,

@@ -35,6 +35,7 @@ class ProbeConfig(EngineConfig):
     distance: float = 0.9
     size: float = 1 / 12
     distractors: int = 0
+    colours: int = 6
     steps: int = 400
     val_images: int = 512
 
@@ -54,7 +55,7 @@ class ProbeConfig(EngineConfig):
 
     def knobs(self) -> Knobs:
         return Knobs(resolution=self.resolution, distance=self.distance, size=self.size,
-                     distractors=self.distractors)
+                     distractors=self.distractors, colours=self.colours)
 
 
 class ProbeTask(Task):
