@@ -177,7 +177,7 @@ def test_model_specs_build_the_named_networks_with_shared_sizes():
                                                                                           "depth": 3})
     static = build_probe_model("static", 2, 32, defaults=dict(width=24, depth=3))
     assert static.embed_dim == 24 and len(static.blocks) == 3 and static.dynamic_indices == ()
-    model = build_probe_model("weightformer:linear=query_pool,conv=query_pool,dynamic=0-2", 2, 32)
+    model = build_probe_model("weightformer:linear=query_pool,conv=query_pool,dynamic=0-2,depth=3", 2, 32)
     assert model.dynamic_indices == (0, 2) and model.patch_size == 4 and model.embed_dim == 48
     assert model.blocks[0].mlp.fc1.predictor_name == "query_pool"
     assert model.blocks[0].token_mixer.predictor_name == "query_pool"

@@ -28,16 +28,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS, metavar="SPEC",
                         help=f"model specs (default: {' '.join(DEFAULT_MODELS)})")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="training seeds (default 0)")
-    parser.add_argument("--resolution", nargs="+", type=int, default=[64], help="image sides in px (default 64)")
-    parser.add_argument("--distance", nargs="+", type=float, default=[0.9],
-                        help="gap between the two parts as a fraction of the largest that fits (default 0.9)")
-    parser.add_argument("--size", type=float, default=1 / 12, help="object side over image side (default 1/12)")
+    parser.add_argument("--resolution", nargs="+", type=int, default=[32], help="image sides in px (default 32)")
+    parser.add_argument("--distance", nargs="+", type=float, default=[1.0],
+                        help="gap between the two parts as a fraction of the largest that fits (default 1)")
+    parser.add_argument("--size", type=float, default=1 / 8, help="object side over image side (default 1/8)")
     parser.add_argument("--distractors", type=int, default=0, help="uninformative grey objects (default 0)")
-    parser.add_argument("--colours", type=int, default=6, help="same_different's palette size, 2-6 (default 6)")
+    parser.add_argument("--colours", type=int, default=2, help="same_different's palette size, 2-6 (default 2)")
     parser.add_argument("--width", type=int, default=DEFAULT_SIZES["width"], help="default width of the specs")
     parser.add_argument("--depth", type=int, default=DEFAULT_SIZES["depth"], help="default depth of the specs")
     parser.add_argument("--patch", type=int, default=DEFAULT_SIZES["patch"], help="default patch size of the specs")
-    parser.add_argument("--steps", type=int, default=300, help="optimiser steps per run (default 300)")
+    parser.add_argument("--steps", type=int, default=1500, help="optimiser steps per run (default 1500)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per step (default 32)")
     parser.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate (default 1e-3)")
     parser.add_argument("--val-images", type=int, default=512, help="validation images per task (default 512)")

@@ -8,7 +8,7 @@
 
 Keys of `weightformer` / `static`: width, depth, patch, mlp_ratio, dynamic (sparse, all, none, or block indices
 joined by '-', e.g. 1-4), linear, conv (predictor names, see `weightformer.layers`). Keys of `vit`: width, depth,
-patch, heads, mlp_ratio. Unset sizes come from the suite's defaults (width 48, depth 6, patch 4): every model of
+patch, heads, mlp_ratio. Unset sizes come from the suite's defaults (width 48, depth 2, patch 4): every model of
 a comparison has the same width, depth and patch size unless a spec says otherwise. Values are parsed as YAML.
 """
 
@@ -24,7 +24,8 @@ from ...models import create_model, list_models
 
 __all__ = ["parse_model_spec", "build_probe_model", "DEFAULT_SIZES"]
 
-DEFAULT_SIZES = {"width": 48, "depth": 6, "patch": 4}
+# Small enough to learn the probes in minutes on a CPU (benchmarks/PROBES.md); --depth 6 is the issue's size.
+DEFAULT_SIZES = {"width": 48, "depth": 2, "patch": 4}
 _WEIGHTFORMER_KEYS = {"width", "depth", "patch", "mlp_ratio", "dynamic", "linear", "conv"}
 _VIT_KEYS = {"width", "depth", "patch", "heads", "mlp_ratio"}
 

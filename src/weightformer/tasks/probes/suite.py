@@ -43,13 +43,13 @@ class SuiteConfig:
     tasks: list[str] = field(default_factory=lambda: ["same_different"])
     models: list[str] = field(default_factory=lambda: list(DEFAULT_MODELS))
     seeds: list[int] = field(default_factory=lambda: [0])
-    resolutions: list[int] = field(default_factory=lambda: [64])
-    distances: list[float] = field(default_factory=lambda: [0.9])
-    size: float = 1 / 12
+    resolutions: list[int] = field(default_factory=lambda: [32])
+    distances: list[float] = field(default_factory=lambda: [1.0])
+    size: float = 1 / 8
     distractors: int = 0
-    colours: int = 6
+    colours: int = 2
     sizes: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SIZES))  # width, depth, patch of every spec
-    steps: int = 300
+    steps: int = 1500
     batch_size: int = 32
     lr: float = 1e-3
     val_images: int = 512
