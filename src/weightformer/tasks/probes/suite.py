@@ -239,7 +239,9 @@ def format_table(results: dict[str, Any]) -> str:
     """A Markdown table of the summary, grouped by task, resolution and distance."""
     lines = ["| task | res | dist | model | params | accuracy % | per seed | train img/s | peak MiB |",
              "|---|---|---|---|---|---|---|---|---|"]
-    for row in sorted(results["summary"], key=lambda r: (r["task"], r["resolution"], r["distance"])):
+    order = {m: i for i, m in enumerate(results.get("config", {}).get("models", []))}  # the command's order
+    for row in sorted(results["summary"], key=lambda r: (r["task"], r["resolution"], r["distance"],
+                                                          order.get(r["model"], len(order)), r["model"])):
         sd = f" ± {row['accuracy_sd']:.1f}" if row["accuracy_sd"] is not None else ""
         seeds = ", ".join(f"{a:.1f}" for a in row["accuracy_per_seed"])
         memory = f"{row['peak_memory_mb']:.0f}" if row["peak_memory_mb"] is not None else "n/a"
