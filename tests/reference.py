@@ -36,6 +36,23 @@ def adaptive_pool_ref(grid: torch.Tensor, k: int) -> torch.Tensor:
     return out
 
 
+def softmax_pool_ref(grid: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+    """(B, H, W, C), queries (K, C) -> (B, K, C): z_k = sum_n exp(s_nk) x_n / sum_n exp(s_nk), s_nk = x_n . q_k.
+
+    Written token by token with an explicit exponential (shifted by the maximum score, which cancels)."""
+    batch, height, width, channels = grid.shape
+    out = torch.zeros(batch, queries.shape[0], channels, dtype=grid.dtype)
+    for b in range(batch):
+        for k in range(queries.shape[0]):
+            scores = [torch.dot(grid[b, i, j], queries[k]) for i in range(height) for j in range(width)]
+            top = torch.stack(scores).max()
+            weights = [torch.exp(s - top) for s in scores]
+            total = sum(weights)
+            for (i, j), w in zip([(i, j) for i in range(height) for j in range(width)], weights, strict=True):
+                out[b, k] += w / total * grid[b, i, j]
+    return out
+
+
 def bound_columns(delta_cd: torch.Tensor) -> torch.Tensor:
     """delta (B, C, D): each column j divided by (||delta[:, :, j]|| + 1)."""
     return delta_cd / (delta_cd.pow(2).sum(dim=1, keepdim=True).sqrt() + 1)
@@ -51,6 +68,7 @@ def outer_product_update_ref(
     act_in: bool = True,
     act_out: bool = True,
     hidden: tuple[torch.Tensor, torch.Tensor] | None = None,
+    queries: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """dW (B, C, D), input-major as in SPEC §2, for the outer-product family of linear predictors."""
     batch, height, width, channels = grid.shape
@@ -58,6 +76,14 @@ def outer_product_update_ref(
     if statistics == "pooled":
         pooled = pool_2x2_ref(grid).reshape(batch, -1, channels)
         norm = n
+    elif statistics == "query":
+        tokens = grid.reshape(batch, n, channels)
+        pooled = torch.cat([tokens.mean(dim=1, keepdim=True), softmax_pool_ref(grid, queries)], dim=1)
+        norm = pooled.shape[1]
+    elif statistics == "mean_max":
+        tokens = grid.reshape(batch, n, channels)
+        pooled = torch.stack([tokens.mean(dim=1), tokens.max(dim=1).values], dim=1)
+        norm = 2
     else:
         pooled = grid.reshape(batch, n, channels).mean(dim=1, keepdim=True)
         norm = 1

@@ -18,6 +18,7 @@ from reference import (
     gelu_ref,
     outer_product_update_ref,
     pool_2x2_ref,
+    softmax_pool_ref,
 )
 from weightformer.analysis.flops import count_macs
 from weightformer.layers import (
@@ -48,6 +49,8 @@ LINEAR_REF_FLAGS = {
     "nonlinear": dict(act_out=False),
     "deep": dict(),
     "bilateral": dict(),
+    "query_pool": dict(statistics="query"),
+    "mean_max": dict(statistics="mean_max"),
 }
 
 
@@ -68,6 +71,7 @@ def test_dynamic_linear_matches_float64_reference(predictor, grid):
         pred.input_basis,
         pred.output_basis,
         hidden=hidden,
+        queries=pred.queries,
         **LINEAR_REF_FLAGS[predictor],
     )
     expected = dynamic_linear_ref(x, layer.weight.t(), layer.bias, delta)
@@ -133,6 +137,13 @@ def _conv_update_ref(predictor, x):
         h = torch.einsum("bijc,oc->boij", spatial, predictor.fc1.weight.flatten(1)) + predictor.fc1.bias[:, None, None]
         delta = torch.einsum("bcij,oc->boij", gelu_ref(h), predictor.fc2.weight.flatten(1))
         return bound_kernel(delta)
+    if isinstance(predictor, CONV_PREDICTORS["query_pool"]):
+        summaries = softmax_pool_ref(x, predictor.queries).reshape(x.shape[0], -1)  # (B, K*C)
+        context = summaries @ predictor.context.weight.t() + predictor.context.bias  # (B, C)
+        pooled = adaptive_pool_ref(x, k)  # (B, C, k, k)
+        h = torch.einsum("bcij,oc->boij", pooled, predictor.fc1.weight.flatten(1)) + predictor.fc1.bias[:, None, None]
+        h = gelu_ref(h + context[:, :, None, None])
+        return bound_kernel(torch.einsum("bcij,oc->boij", h, predictor.fc2.weight.flatten(1)))
     raise AssertionError(f"no reference for {type(predictor).__name__}")
 
 

@@ -8,7 +8,7 @@ import sys
 # Subcommand modules under weightformer.cli; each defines add_parser(subparsers) -> None, registering a
 # parser whose `func(args) -> int | None` runs the command.
 SUBCOMMAND_MODULES = ["models", "train", "eval", "predict", "plot", "bench", "export", "erf", "segment", "detect",
-                      "dit"]
+                      "dit", "probe"]
 
 
 class _Parser(argparse.ArgumentParser):

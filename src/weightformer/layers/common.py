@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["check_grid", "pool_2x2", "bound_update", "to_nchw", "to_nhwc"]
+__all__ = ["check_grid", "pool_2x2", "softmax_pool", "bound_update", "to_nchw", "to_nhwc"]
 
 
 def check_grid(x: torch.Tensor, channels: int, min_size: int, layer: str) -> None:
@@ -48,6 +48,21 @@ def pool_2x2(x: torch.Tensor, ceil_mode: bool = True) -> torch.Tensor:
     """
     pooled = F.avg_pool2d(to_nchw(x), kernel_size=2, stride=2, ceil_mode=ceil_mode)  # (B, C, Hp, Wp)
     return to_nhwc(pooled)
+
+
+def softmax_pool(x: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+    """Pool a (B, H, W, C) grid into K summaries with learned queries and a softmax over positions: (B, K, C).
+
+        a_k = softmax over n = 1..N of  x_n . q_k          (N = H*W; queries q: (K, C))
+        z_k = sum_n a_k[n] x_n
+
+    Unlike an average, a summary can concentrate on a few tokens (a_k[n] near 1 for them), so a small object
+    is not diluted by the N - 1 others. The cost is O(N K C): linear in the token count, as every statistic of
+    the dynamic layers. There are no keys or values: the query scores the (normalised) tokens directly.
+    """
+    tokens = x.flatten(1, 2)  # (B, N, C)
+    weights = (tokens @ queries.t()).softmax(dim=1)  # (B, N, K), each column sums to 1 over the N positions
+    return weights.transpose(1, 2).to(tokens.dtype) @ tokens  # (B, K, C)
 
 
 def bound_update(delta: torch.Tensor, dims: list[int]) -> torch.Tensor:

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from timm.layers import trunc_normal_
 
 from .. import kernels
-from .common import bound_update, check_grid, to_nchw, to_nhwc
+from .common import bound_update, check_grid, softmax_pool, to_nchw, to_nhwc
 
 __all__ = [
     "DynamicDWConv2d",
@@ -21,6 +21,7 @@ __all__ = [
     "GapKernelPredictor",
     "AmpDirKernelPredictor",
     "ConvKernelPredictor",
+    "QueryKernelPredictor",
     "CONV_PREDICTORS",
     "per_sample_depthwise_conv",
     "shifted_depthwise_conv",
@@ -160,11 +161,44 @@ class ConvKernelPredictor(nn.Module):
         return bound_update(self.fc2(self.act(self.fc1(self.spatial(pooled)))), dims=[-2, -1])
 
 
+class QueryKernelPredictor(nn.Module):
+    """Ours: "adaptive" plus a global context that a few tokens can dominate (K learned softmax queries).
+
+        X_p = AdaptiveAvgPool_{k x k}(X)                             (B, C, k, k): tap (i, j) sees region (i, j)
+        z_k = sum_n softmax_n(x_n . q_k) x_n,  k = 1..K             (B, K, C), see `softmax_pool`
+        g   = [z_1, ..., z_K] G + g0                                (B, C), G: (K*C, C)
+        dK  = Conv1x1(GELU(Conv1x1(X_p) + g))                       (B, C, k, k), no bias on the second conv
+        dK <- dK / (||dK||_F + 1)
+
+    The region averages of "adaptive" dilute a small object by its region's size; z_k is a convex combination
+    of tokens that a learned query can concentrate on a few. Cost O(N K C), linear in N; K C^2 parameters in G.
+    """
+
+    def __init__(self, channels: int, kernel_size: int = 3, num_queries: int = 4) -> None:
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.min_grid = kernel_size
+        self.queries = nn.Parameter(torch.empty(num_queries, channels))  # (K, C)
+        self.context = nn.Linear(num_queries * channels, channels)  # G and g0
+        self.fc1 = nn.Conv2d(channels, channels, 1)
+        self.act = nn.GELU()
+        self.fc2 = nn.Conv2d(channels, channels, 1, bias=False)
+        trunc_normal_(self.queries, std=0.02)  # random, not zero: equal queries would stay equal
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, H, W, C) -> dK: (B, C, k, k)."""
+        pooled = adaptive_pool(x, self.kernel_size)  # (B, C, k, k)
+        context = self.context(softmax_pool(x, self.queries).flatten(1))  # (B, K*C) -> (B, C)
+        hidden = self.act(self.fc1(pooled) + context[:, :, None, None])  # (B, C, k, k)
+        return bound_update(self.fc2(hidden), dims=[-2, -1])
+
+
 CONV_PREDICTORS = {
     "gap": GapKernelPredictor,
     "adaptive": AdaptiveKernelPredictor,
     "amp_dir": AmpDirKernelPredictor,
     "conv": ConvKernelPredictor,
+    "query_pool": QueryKernelPredictor,
 }
 
 
@@ -210,7 +244,8 @@ class DynamicDWConv2d(nn.Module):
     Args:
         channels: C.
         kernel_size: k (odd).
-        predictor: name in `CONV_PREDICTORS`: "gap", "adaptive", "amp_dir" or "conv".
+        predictor: name in `CONV_PREDICTORS`: "gap", "adaptive", "amp_dir", "conv" (the paper's) or
+            "query_pool" (ours: a global context that a few tokens can dominate).
     """
 
     def __init__(self, channels: int, kernel_size: int = 3, predictor: str = "adaptive") -> None:

@@ -12,6 +12,14 @@ phi_in(x_p) (C) and an output-side factor phi_out(x_p) (D), and the update is th
 
 followed by column normalisation dW[:, j] <- dW[:, j] / (||dW[:, j]|| + 1) (bounded amplitude, direction kept).
 They differ in the statistics (pooled tokens or one global average) and the factor maps; see `LINEAR_PREDICTORS`.
+
+The released statistics average: a small object's share of dW is its share of the image, so a few informative
+tokens are diluted among many uninformative ones (see benchmarks/PROBES.md). Two statistics that are not, and
+stay linear in N, are ours: "query_pool" (K summaries z_k, each a softmax over the N positions of a learned
+query's scores, see `softmax_pool`, plus the mean; P = K + 1 summaries) and "mean_max" (the channel-wise mean
+and max over the tokens; P = 2). Both divide by the number of summaries P instead of N:
+
+    dW = sum_p phi_in(z_p)^T phi_out(z_p) * C^(-1/2) / P
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ import torch.nn.functional as F
 from timm.layers import trunc_normal_
 
 from .. import kernels
-from .common import bound_update, check_grid, pool_2x2
+from .common import bound_update, check_grid, pool_2x2, softmax_pool
 
 __all__ = ["DynamicLinear", "OuterProductPredictor", "LINEAR_PREDICTORS"]
 
@@ -45,12 +53,15 @@ class OuterProductPredictor(nn.Module):
         out_features: D.
         reduction: r; C and D must both be divisible by it.
         statistics: "pooled" (2x2 average pooling, stride 2, sum over the pooled tokens divided by the
-            *unpooled* token count N, as the released models do) or "global" (one globally averaged token).
+            *unpooled* token count N, as the released models do), "global" (one globally averaged token),
+            "query" (the mean and K softmax-pooled summaries, divided by K + 1; see the module docstring) or
+            "mean_max" (the channel-wise mean and max over all tokens, divided by 2).
         act_in: apply SiLU to u.
         act_out: apply SiLU to v.
         depth: 1 for a single projection A, 2 for SiLU(x A' + a') A + a.
         odd_grid_pooling: "ceil" (default: odd grids keep their last row/column in the statistics) or "floor"
             (the reference code's pooling, which drops them; equal on even grids). See `pool_2x2`.
+        num_queries: K, the learned queries of the "query" statistics.
     """
 
     def __init__(
@@ -63,6 +74,7 @@ class OuterProductPredictor(nn.Module):
         act_out: bool = True,
         depth: int = 1,
         odd_grid_pooling: str = "ceil",
+        num_queries: int = 4,
     ) -> None:
         super().__init__()
         if odd_grid_pooling not in ("ceil", "floor"):
@@ -72,8 +84,8 @@ class OuterProductPredictor(nn.Module):
                 f"in_features ({in_features}) and out_features ({out_features}) must be divisible by "
                 f"the reduction rate {reduction}."
             )
-        if statistics not in ("pooled", "global"):
-            raise ValueError(f"statistics must be 'pooled' or 'global', got {statistics!r}.")
+        if statistics not in ("pooled", "global", "query", "mean_max"):
+            raise ValueError(f"statistics must be 'pooled', 'global', 'query' or 'mean_max', got {statistics!r}.")
         if depth not in (1, 2):
             raise ValueError(f"depth must be 1 or 2, got {depth}.")
         self.in_features = in_features
@@ -91,6 +103,8 @@ class OuterProductPredictor(nn.Module):
         self.proj = nn.Linear(in_features, width)
         self.input_basis = nn.Parameter(torch.empty(self.in_rank, in_features))
         self.output_basis = nn.Parameter(torch.empty(self.out_rank, out_features))
+        # The "query" statistics' K learned queries (K, C); random, not zero: equal queries would stay equal.
+        self.queries = nn.Parameter(torch.empty(num_queries, in_features)) if statistics == "query" else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -100,6 +114,8 @@ class OuterProductPredictor(nn.Module):
                 nn.init.zeros_(linear.bias)
         trunc_normal_(self.input_basis, std=0.02)
         trunc_normal_(self.output_basis, std=0.02)
+        if self.queries is not None:
+            trunc_normal_(self.queries, std=0.02)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, H, W, C) -> dW: (B, D, C), column-bounded."""
@@ -107,9 +123,17 @@ class OuterProductPredictor(nn.Module):
         if self.statistics == "pooled":
             pooled = pool_2x2(x, self.ceil_mode).flatten(1, 2)  # (B, Np, C)
             norm = num_tokens  # the reference divides by the unpooled count N, not Np
-        else:
+        elif self.statistics == "global":
             pooled = x.mean(dim=(1, 2)).unsqueeze(1)  # (B, 1, C)
             norm = 1
+        elif self.statistics == "mean_max":
+            pooled = torch.stack([x.mean(dim=(1, 2)), x.amax(dim=(1, 2))], dim=1)  # (B, 2, C)
+            norm = 2
+        else:
+            assert self.queries is not None  # (TorchScript: Optional refinement)
+            summaries = softmax_pool(x, self.queries)  # (B, K, C)
+            pooled = torch.cat([x.mean(dim=(1, 2)).unsqueeze(1), summaries], dim=1)  # (B, K + 1, C)
+            norm = pooled.shape[1]
         if self.hidden is not None:
             pooled = F.silu(self.hidden(pooled))
         u, v = self.proj(pooled).split([self.in_rank, self.out_rank], dim=-1)  # (B, Np, C_r), (B, Np, D_r)
@@ -143,6 +167,10 @@ LINEAR_PREDICTORS = {
     "deep": partial(OuterProductPredictor, depth=2),
     # The released models' predictor: SiLU on both factors ("bilateral activation").
     "bilateral": OuterProductPredictor,
+    # Ours, not diluted by N: bilateral factors of the mean and K = 4 softmax-pooled summaries (learned queries).
+    "query_pool": partial(OuterProductPredictor, statistics="query"),
+    # Ours: bilateral factors of the channel-wise mean and max over the tokens.
+    "mean_max": partial(OuterProductPredictor, statistics="mean_max"),
 }
 
 
@@ -159,7 +187,8 @@ class DynamicLinear(nn.Linear):
     Args:
         in_features: C.
         out_features: D.
-        predictor: name in `LINEAR_PREDICTORS`: "gap", "linear", "nonlinear", "deep" or "bilateral".
+        predictor: name in `LINEAR_PREDICTORS`: "gap", "linear", "nonlinear", "deep", "bilateral" (the paper's),
+            "query_pool" or "mean_max" (ours: statistics that a few tokens can dominate).
         reduction: rank reduction r of the predictor's factors.
         odd_grid_pooling: "ceil" or "floor" (the reference code's) 2x2 pooling of odd grids, see `pool_2x2`.
     """
