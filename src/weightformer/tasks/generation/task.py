@@ -9,6 +9,7 @@ epochs; the visual report is a grid of guided samples, one row per class.
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,11 @@ class GenerationConfig(EngineConfig):
     samples_per_class: int = free(2)  # the report's grid
     sample_steps: int = free(50)  # respaced DDPM steps for the report
     cfg_scale: float = free(4.0)
+    # After training, judge the samples with a classifier trained on the real images (judge.py); 0: off.
+    judge_samples_per_class: int = free(0)
+    judge_epochs: int = free(3)
+    judge_scheduler: str = free("ddpm")
+    judge_steps: int = free(25)
 
 
 def load_config(name_or_path: str | Path | None = DEFAULT_RECIPE, **overrides: Any) -> GenerationConfig:
@@ -142,5 +148,14 @@ class GenerationTask(Task):
 
 
 def train(cfg: GenerationConfig) -> dict[str, Any]:
-    """Train (or resume) the generation run `cfg` describes."""
-    return fit(GenerationTask(cfg))
+    """Train (or resume) the generation run `cfg` describes; then judge it when cfg.judge_samples_per_class."""
+    result = fit(GenerationTask(cfg))
+    if cfg.judge_samples_per_class > 0 and not result.get("preempted") and os.environ.get("RANK", "0") == "0":
+        from .judge import judge_run, train_judge
+
+        run_dir = Path(result["run_dir"])
+        data_dir = dataset_folder(cfg.data_dir, cfg.synthetic)
+        classifier = train_judge(data_dir, cfg.image_size, run_dir, cfg.judge_epochs)
+        result["judge"] = judge_run(run_dir / "checkpoints" / "last.pth", data_dir, classifier,
+                                    cfg.judge_samples_per_class, cfg.judge_scheduler, cfg.judge_steps, cfg.cfg_scale)
+    return result
