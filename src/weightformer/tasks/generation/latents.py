@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn as nn
@@ -36,9 +35,6 @@ def load_vae(name: str, device: torch.device | str = "cpu") -> nn.Module:
     return vae.to(device).eval().requires_grad_(False)
 
 
-def vae_decoder(config: dict[str, Any], device: torch.device) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """latents (N, 4, h, w) -> images (N, 3, 8h, 8w) in about [-1, 1], for a run trained on latents; else None."""
-    if not config.get("vae"):
-        return None
-    vae = load_vae(config["vae"], device)
+def vae_decoder(vae: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """latents (N, 4, h, w) -> images (N, 3, 8h, 8w) in about [-1, 1]."""
     return lambda z: vae.decode(z / VAE_SCALE).sample

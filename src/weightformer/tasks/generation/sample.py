@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ import torch.nn as nn
 from ...diffusion import create_diffusion, ddpm_sample, sample
 from ...engine.distributed import Dist, setup_distributed, teardown_distributed
 from ...models import create_model, load_checkpoint, read_state_dict
+from .latents import load_vae, vae_decoder
 
 __all__ = ["SCHEDULERS", "load_generator", "make_sampler", "sample_labels", "batch_seed", "to_uint8",
            "generate", "sample_to_files", "save_npz"]
@@ -150,22 +152,20 @@ def sample_to_files(checkpoint: str | Path, out_dir: str | Path, num_samples: in
     model, info = load_generator(checkpoint, use_ema)  # every rank checks its input before joining the group
     labels = sample_labels(num_samples, len(info["class_names"]), classes)
     sampler = make_sampler(scheduler, steps)
+    vae = load_vae(info["config"]["vae"]) if info["config"].get("vae") else None  # latents: decode them
     d = setup_distributed(device)
     try:
-        return _sample_on_ranks(model.to(d.device), info, labels, sampler, Path(out_dir), seed, batch_size,
-                                cfg_scale, d)
+        decode = vae_decoder(vae.to(d.device)) if vae is not None else None
+        return _sample_on_ranks(model.to(d.device), info, labels, sampler, decode, Path(out_dir), seed,
+                                batch_size, cfg_scale, d)
     finally:
         teardown_distributed(d)
 
 
 def _sample_on_ranks(model: nn.Module, info: dict[str, Any], labels: torch.Tensor, sampler: Callable[..., Any],
-                     out_dir: Path, seed: int, batch_size: int, cfg_scale: float, d: Dist) -> dict[str, Any]:
-    import time
-
-    from .latents import vae_decoder
-
+                     decode: Callable[..., Any] | None, out_dir: Path, seed: int, batch_size: int, cfg_scale: float,
+                     d: Dist) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    decode = vae_decoder(info["config"], d.device)
     start = time.perf_counter()
     batches = range(d.rank, math.ceil(len(labels) / batch_size), d.world_size)
     drawn = generate(model, labels, info["image_size"], sampler, seed, batch_size, batches, cfg_scale, d.device,

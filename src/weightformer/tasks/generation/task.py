@@ -78,6 +78,12 @@ class GenerationTask(Task):
         super().__init__(cfg)
         if cfg.data_dir is None:
             raise ValueError("No dataset: set data_dir (an ImageNet-layout folder) or --data-dir synthetic.")
+        from ...models.dit import DIT_CONFIGS
+
+        patch = cfg.model_kwargs.get("patch_size", DIT_CONFIGS.get(cfg.model, {}).get("patch_size", 1))
+        if cfg.image_size % patch:
+            raise ValueError(f"image_size {cfg.image_size} must be a multiple of the patch size {patch} of "
+                             f"{cfg.model}.")
         self.diffusion = create_diffusion(learn_sigma=cfg.model_kwargs.get("learn_sigma", True))
         self.classes: list[str] = []
 
