@@ -19,8 +19,37 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     add_config_arguments(train)
     train.set_defaults(func=run_train)
+    _add_extract_parser(commands)
     _add_sample_parser(commands)
     _add_fid_parser(commands)
+
+
+def _add_extract_parser(commands: argparse._SubParsersAction) -> None:
+    extract = commands.add_parser(
+        "extract", help="pre-compute the VAE latents of an image folder (and of its mirror images)",
+        description="Encode DATA_DIR/{train,val}/<class>/* with Stable Diffusion's VAE (from the local Hugging "
+        "Face cache only) into OUT; then train on them with `weightformer dit train --latents-dir OUT`.",
+    )
+    extract.add_argument("data_dir", metavar="DATA_DIR")
+    extract.add_argument("--out", required=True, metavar="DIR")
+    extract.add_argument("--vae", default="ema", help="ema, mse (sd-vae-ft-*), a Hub repo id or a local folder")
+    extract.add_argument("--image-size", type=int, default=256)
+    extract.add_argument("--splits", nargs="+", default=["train", "val"])
+    extract.add_argument("--batch-size", type=int, default=32)
+    extract.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    extract.set_defaults(func=run_extract)
+
+
+def run_extract(args: argparse.Namespace) -> int:
+    from weightformer.tasks.generation.latents import extract_latents
+
+    meta = extract_latents(args.data_dir, args.out, args.vae, args.image_size, tuple(args.splits),
+                           args.batch_size, args.device)
+    counts = ", ".join(f"{split} {c['images']} ({c['skipped']} unreadable skipped)" for split, c in
+                       meta["counts"].items())
+    side = args.image_size // meta["factor"]
+    print(f"Latents {meta['latent_channels']}x{side}x{side} (and mirrored) of {counts} in {args.out}")
+    return 0
 
 
 def _add_sample_parser(commands: argparse._SubParsersAction) -> None:

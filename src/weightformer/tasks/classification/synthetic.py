@@ -74,26 +74,30 @@ def render_example(label: int, image_size: int, rng: random.Random) -> Image.Ima
     return image.resize((image_size, image_size), Image.Resampling.BOX)
 
 
-CENTRED_CLASS_NAMES = SHAPES
+CENTRED_CLASS_NAMES = ("red-circle", "green-square", "blue-triangle")
 
 
 def render_centred_shape(label: int, image_size: int, rng: random.Random) -> Image.Image:
-    """One RGB image of kind "centred-shapes": a single large light shape (SHAPES[label]) near the centre.
+    """One RGB image of kind "coloured-shapes": one large shape near the centre, its shape and hue given by the
+    class (red circle, green square, blue triangle).
 
-    The generation task's embedded data: 3 classes a small pixel-space DiT can learn on a CPU in minutes and a
-    classifier can tell apart in its samples. Colours (light shape on dark ground), size (55-75 % of the side) and
-    a small offset of the centre (up to 8 % of the side) are random and independent of the class.
+    The generation task's embedded data: 3 classes a small pixel-space DiT learns on a CPU in minutes and a
+    classifier tells apart in its samples. The class's colour channel is bright (200-255), the two others
+    mid (40-150), the background dark (0-60 in each channel); size (55-75 % of the side) and a small offset of
+    the centre (up to 8 % of the side) are random.
     """
     s = image_size * _SUPERSAMPLE
-    image = Image.new("RGB", (s, s), _random_colour(rng, 0, 100))
+    image = Image.new("RGB", (s, s), _random_colour(rng, 0, 60))
+    colour = list(_random_colour(rng, 40, 150))
+    colour[label] = rng.randrange(200, 256)
     size = rng.uniform(0.55, 0.75) * s
     cx, cy = (s / 2 + rng.uniform(-0.08, 0.08) * s for _ in range(2))
-    _draw_shape(ImageDraw.Draw(image), SHAPES[label], cx, cy, size, _random_colour(rng, 150, 256))
+    _draw_shape(ImageDraw.Draw(image), SHAPES[label], cx, cy, size, tuple(colour))
     return image.resize((image_size, image_size), Image.Resampling.BOX)
 
 
-# kind -> (class names, renderer): "shape-pairs" for classification, "centred-shapes" for generation.
-KINDS = {"shape-pairs": (CLASS_NAMES, render_example), "centred-shapes": (CENTRED_CLASS_NAMES, render_centred_shape)}
+# kind -> (class names, renderer): "shape-pairs" for classification, "coloured-shapes" for generation.
+KINDS = {"shape-pairs": (CLASS_NAMES, render_example), "coloured-shapes": (CENTRED_CLASS_NAMES, render_centred_shape)}
 
 
 def make_synthetic_dataset(
@@ -111,7 +115,7 @@ def make_synthetic_dataset(
         seed: seed of the generator; the same seed gives the same images.
         image_size: side of the square images in pixels.
         train_per_class / val_per_class: images per class in each split.
-        kind: "shape-pairs" (9 classes, "which shape is left of which") or "centred-shapes" (3 classes).
+        kind: "shape-pairs" (9 classes, "which shape is left of which") or "coloured-shapes" (3 classes).
     """
     if kind not in KINDS:
         raise ValueError(f"Unknown synthetic dataset kind {kind!r}; choose from {', '.join(KINDS)}.")

@@ -26,7 +26,7 @@ import torch.nn as nn
 from ...diffusion import create_diffusion, ddpm_sample, sample
 from ...engine.distributed import Dist, setup_distributed, teardown_distributed
 from ...models import create_model, load_checkpoint, read_state_dict
-from .latents import load_vae, vae_decoder
+from .latents import load_vae, vae_decoder, vae_factor
 
 __all__ = ["SCHEDULERS", "load_generator", "make_sampler", "sample_labels", "batch_seed", "to_uint8",
            "generate", "sample_to_files", "save_npz"]
@@ -47,7 +47,7 @@ def load_generator(checkpoint: str | Path, use_ema: bool = True) -> tuple[nn.Mod
         raise ValueError(f"{checkpoint} is {what}, not a WeightFormer-DiT one: pass a checkpoint written by "
                          "`weightformer dit train`.")
     class_names = list(state.get("class_names") or [])
-    model = create_model(config["model"], input_size=config["image_size"] // latent_factor(config),
+    model = create_model(config["model"], input_size=config.get("latent_size") or config["image_size"],
                          in_channels=latent_channels(config), num_classes=len(class_names),
                          **config.get("model_kwargs", {}))
     weights = state["ema"] if use_ema and state.get("ema") else state["model"]
@@ -57,13 +57,8 @@ def load_generator(checkpoint: str | Path, use_ema: bool = True) -> tuple[nn.Mod
 
 
 def latent_channels(config: dict[str, Any]) -> int:
-    """Channels the model sees: 4 (Stable Diffusion's VAE latents) or 3 (pixels)."""
-    return 4 if config.get("vae") else 3
-
-
-def latent_factor(config: dict[str, Any]) -> int:
-    """Pixels per latent cell: 8 for Stable Diffusion's VAE, 1 for pixel-space runs."""
-    return 8 if config.get("vae") else 1
+    """Channels the model sees: the VAE's latent channels (4 for Stable Diffusion's) or 3 (pixels)."""
+    return config.get("latent_channels") or (4 if config.get("vae") else 3)
 
 
 def make_sampler(name: str, steps: int) -> Callable[..., torch.Tensor]:
@@ -115,11 +110,12 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def generate(model: nn.Module, labels: torch.Tensor, image_size: int, sampler: Callable[..., torch.Tensor],
+def generate(model: nn.Module, labels: torch.Tensor, size: int, sampler: Callable[..., torch.Tensor],
              seed: int, batch_size: int, batches: Sequence[int], cfg_scale: float, device: torch.device,
              decode: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[int, np.ndarray]:
-    """Draw the samples of `batches` (batch b holds indices b*B .. (b+1)*B - 1): {index: (H, W, 3) uint8}."""
-    size = image_size // (8 if decode is not None else 1)
+    """Draw the samples of `batches` (batch b holds indices b*B .. (b+1)*B - 1): {index: (H, W, 3) uint8}.
+
+    size: the model's input side (latent side when `decode` maps latents to images)."""
     out: dict[int, np.ndarray] = {}
     for b in batches:
         index = torch.arange(b * batch_size, min((b + 1) * batch_size, len(labels)))
@@ -156,20 +152,20 @@ def sample_to_files(checkpoint: str | Path, out_dir: str | Path, num_samples: in
     d = setup_distributed(device)
     try:
         decode = vae_decoder(vae.to(d.device)) if vae is not None else None
-        return _sample_on_ranks(model.to(d.device), info, labels, sampler, decode, Path(out_dir), seed,
+        size = info["image_size"] // (vae_factor(vae) if vae is not None else 1)
+        return _sample_on_ranks(model.to(d.device), size, labels, sampler, decode, Path(out_dir), seed,
                                 batch_size, cfg_scale, d)
     finally:
         teardown_distributed(d)
 
 
-def _sample_on_ranks(model: nn.Module, info: dict[str, Any], labels: torch.Tensor, sampler: Callable[..., Any],
+def _sample_on_ranks(model: nn.Module, size: int, labels: torch.Tensor, sampler: Callable[..., Any],
                      decode: Callable[..., Any] | None, out_dir: Path, seed: int, batch_size: int, cfg_scale: float,
                      d: Dist) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     batches = range(d.rank, math.ceil(len(labels) / batch_size), d.world_size)
-    drawn = generate(model, labels, info["image_size"], sampler, seed, batch_size, batches, cfg_scale, d.device,
-                     decode)
+    drawn = generate(model, labels, size, sampler, seed, batch_size, batches, cfg_scale, d.device, decode)
     shards = out_dir / "shards"
     if d.world_size > 1:  # every rank's share goes through the disk: no large tensors through the process group
         shards.mkdir(exist_ok=True)
