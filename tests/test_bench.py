@@ -8,7 +8,7 @@ import statistics
 
 import pytest
 
-from weightformer.analysis.bench import BenchConfig
+from weightformer.analysis.bench import BenchConfig, format_results, run_bench
 from weightformer.cli.main import main
 
 
@@ -48,17 +48,18 @@ def test_bench_command_writes_a_consistent_table_json_and_plot(tmp_path, capsys)
     assert (tmp_path / "run.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_generation_bench_times_weightformer_dit_against_dit_with_sdpa(tmp_path, capsys):
-    argv = ["bench", "--task", "generation", "--device", "cpu", "--resolutions", "8", "16", "--base-batch", "4",
-            "--rounds", "1", "--warmup", "0", "--threads", "1", "--no-reference", "--out", str(tmp_path / "gen")]
-    assert main(argv) == 0
-    results = json.loads((tmp_path / "gen.json").read_text())
+def test_generation_bench_times_weightformer_dit_against_dit_with_sdpa(capsys):
+    cfg = BenchConfig(task="generation", model="weightformer_dit_s_2", resolutions=[8, 16], base_batch=1,
+                      rounds=1, warmup=0, threads=1, include_reference=False, num_classes=10,
+                      model_kwargs=dict(hidden_size=64, depth=3))
+    results = run_bench(cfg, log=lambda line: None)
     rows = {(r["resolution"], r["mode"], r["contestant"]): r for r in results["rows"]}
     assert set(rows) == {(res, m, c) for res in (8, 16) for m in ("inference", "train") for c in ("wfm", "dit")}
-    assert rows[(8, "train", "wfm")]["batch"] == 64 and rows[(16, "train", "dit")]["batch"] == 16  # 4 * (32/res)^2
+    assert rows[(8, "train", "wfm")]["batch"] == 16 and rows[(16, "train", "dit")]["batch"] == 4  # (32/res)^2
     for entry in results["ratios"]:
         key = (entry["resolution"], entry["mode"])
         ratio = rows[(*key, "wfm")]["images_per_s"] / rows[(*key, "dit")]["images_per_s"]
         assert entry["wfm/dit speed"] == pytest.approx(ratio)
-    assert results["config"]["model"] == "weightformer_dit_s_2" and "dit_attn_s_2" in capsys.readouterr().err
-    assert main(["bench", "--task", "generation", "--model", "tiny", "--out", str(tmp_path / "x")]) == 2
+        assert f"{entry['wfm/dit speed']:.2f}x" in format_results(results)
+    assert main(["bench", "--task", "generation", "--model", "tiny", "--out", "x"]) == 2
+    assert "--model tiny is not a generation variant" in capsys.readouterr().err

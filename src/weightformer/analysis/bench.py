@@ -81,6 +81,7 @@ class BenchConfig:
     threads: int | None = None
     num_classes: int = 1000
     task: str = "classification"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)  # generation: e.g. a smaller width for tests
 
     def batch_for(self, resolution: int) -> int:
         base = 32 if self.task == "generation" else 224
@@ -233,7 +234,8 @@ def _dit_contestants(cfg: BenchConfig, resolution: int, mode: str, latents, labe
     for suffix, wrap in wraps:
         names += [("wfm" + suffix, cfg.model, False, wrap), ("dit" + suffix, DIT_OF[cfg.model], False, wrap)]
     for name, model_name, reference, *wrap in names:
-        model = create_model(model_name, input_size=resolution, num_classes=cfg.num_classes).to(cfg.device)
+        model = create_model(model_name, input_size=resolution, num_classes=cfg.num_classes, **cfg.model_kwargs)
+        model = model.to(cfg.device)
         model = wrap[0](model) if wrap else model
         out.append(_Contestant(name, _make_dit_step(model, mode, latents, labels, cfg.device, reference)))
     return out
