@@ -27,7 +27,9 @@ def train_judge(data_dir: Path, image_size: int, output_dir: Path, epochs: int =
     """Train the judge classifier on data_dir's train/ (hflip, light crops) and return its best checkpoint."""
     from ..classification import load_config, train
 
+    images = sum(1 for p in (data_dir / "train").rglob("*") if p.is_file())
     cfg = load_config("synthetic", data_dir=str(data_dir), synthetic={}, output_dir=str(output_dir),
+                      batch_size=max(1, min(64, images)),
                       run_name="judge", img_size=image_size, model_kwargs=JUDGE_MODEL_KWARGS, epochs=epochs,
                       warmup_epochs=0, hflip=0.5, progress=False, tensorboard=False, log_interval=1000)
     result = train(cfg)
