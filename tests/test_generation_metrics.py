@@ -135,3 +135,13 @@ def test_folders_of_mixed_sizes_and_bad_sources(tmp_path):
 def _empty(tmp_path):
     (tmp_path / "empty").mkdir()
     return tmp_path / "empty"
+
+
+def test_inception_weights_are_never_downloaded(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("torch_fidelity")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty cache
+    np.savez(tmp_path / "s.npz", np.zeros((2, 8, 8, 3), np.uint8))
+    assert main(["dit", "fid", str(tmp_path / "s.npz"), str(tmp_path / "s.npz")]) == 2
+    err = capsys.readouterr().err
+    assert "Inception weights are not cached at" in err and "or score with --classifier CKPT" in err
+    assert not (tmp_path / "torch").exists()  # nothing fetched, nothing written
