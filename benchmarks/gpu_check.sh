@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One prepared GPU run (H100 or H200): kernel correctness on CUDA, then the full benchmark, then a profile.
 #   bash benchmarks/gpu_check.sh [OUTDIR]        (default OUTDIR: benchmarks/gpu)
-# Writes OUTDIR/tests.log, OUTDIR/small.{json,png}, OUTDIR/tiny.{json,png}, OUTDIR/profile.txt.
+# Writes OUTDIR/tests.log, OUTDIR/small.{json,png}, OUTDIR/tiny.{json,png}, OUTDIR/dit-small.{json,png},
+# OUTDIR/profile.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-benchmarks/gpu}"
@@ -16,6 +17,10 @@ python -m pytest -q tests/test_kernels.py tests/test_layers.py 2>&1 | tee "$out/
 #    training, 224..1536 at 256 * (224/res)^2 images per batch. Then T vs DeiT-T for the record.
 weightformer bench --device cuda --model small --out "$out/small" 2>&1 | tee "$out/small.log"
 weightformer bench --device cuda --model tiny --compile off --out "$out/tiny" 2>&1 | tee "$out/tiny.log"
+
+# 2b. Generation: WeightFormer-DiT-S/2 vs DiT-S/2 (SDPA, same width and depth) on 4-channel latents 32, 64, 128
+#     (256, 512, 1024 px), training step and guided sampling step, bf16, eager and compiled.
+weightformer bench --task generation --device cuda --model small --out "$out/dit-small" 2>&1 | tee "$out/dit-small.log"
 
 # 3. Where the time goes at 224 and 1248 (fast path, bf16, inference): per-kernel CUDA times.
 python - <<'PY' 2>&1 | tee "$out/profile.txt"

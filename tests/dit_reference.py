@@ -66,10 +66,30 @@ def _mod(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Ten
     return x * (1 + scale[:, None, None]) + shift[:, None, None]
 
 
-def dit_block_ref(sd: dict[str, torch.Tensor], i: int, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+def attention_ref(x: torch.Tensor, sd: dict[str, torch.Tensor], name: str, heads: int) -> torch.Tensor:
+    """Multi-head softmax self-attention over the h*w tokens of x (N, h, w, D), one head at a time."""
+    n, h, w, d = x.shape
+    qkv = linear_ref(x.reshape(n, h * w, d), sd, name + ".qkv")  # (N, L, 3D): q, k, v, each heads x D/heads
+    q, k, v = qkv.split(d, dim=-1)
+    hd = d // heads
+    outs = []
+    for head in range(heads):
+        sl = slice(head * hd, (head + 1) * hd)
+        scores = torch.einsum("nld,nmd->nlm", q[..., sl], k[..., sl]) / math.sqrt(hd)
+        outs.append(torch.einsum("nlm,nmd->nld", scores.softmax(-1), v[..., sl]))
+    return linear_ref(torch.cat(outs, -1), sd, name + ".proj").reshape(n, h, w, d)
+
+
+def dit_block_ref(sd: dict[str, torch.Tensor], i: int, x: torch.Tensor, c: torch.Tensor,
+                  heads: int = 1) -> torch.Tensor:
     """One block, x (N, h, w, D) channels-last, c (N, D)."""
     p = f"blocks.{i}."
     shift1, scale1, gate1, shift2, scale2, gate2 = linear_ref(F.silu(c), sd, p + "adaLN_modulation.1").chunk(6, -1)
+    if p + "token_mixer.qkv.weight" in sd:  # DiT's own block (the attention baseline), our key names, pre-norm
+        x = x + gate1[:, None, None] * attention_ref(_mod(layer_norm_plain(x), shift1, scale1), sd,
+                                                     p + "token_mixer", heads)
+        h = gelu_tanh_ref(linear_ref(_mod(layer_norm_plain(x), shift2, scale2), sd, p + "mlp.fc1"))
+        return x + gate2[:, None, None] * linear_ref(h, sd, p + "mlp.fc2")
     x = layer_norm_plain(x)
     h = _mod(x, shift1, scale1)
     if p + "dwc.w" in sd:  # dynamic block
@@ -91,7 +111,7 @@ def dit_block_ref(sd: dict[str, torch.Tensor], i: int, x: torch.Tensor, c: torch
 
 
 def dit_forward_ref(
-    sd: dict[str, torch.Tensor], x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, patch: int
+    sd: dict[str, torch.Tensor], x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, patch: int, heads: int = 1
 ) -> torch.Tensor:
     """WeightFormer-DiT's output (N, C_out, H, W) for latents x (N, C, H, W), timesteps t (N,), labels y (N,)."""
     dim = sd["x_embedder.proj.bias"].shape[0]
@@ -104,7 +124,7 @@ def dit_forward_ref(
     c = c + sd["y_embedder.embedding_table.weight"][y]
     depth = 1 + max(int(key.split(".")[1]) for key in sd if key.startswith("blocks."))
     for i in range(depth):
-        tokens = dit_block_ref(sd, i, tokens, c)
+        tokens = dit_block_ref(sd, i, tokens, c, heads)
     shift, scale = linear_ref(F.silu(c), sd, "final_layer.adaLN_modulation.1").chunk(2, -1)
     out = linear_ref(_mod(layer_norm_plain(tokens), shift, scale), sd, "final_layer.linear")  # (N, h, w, p*p*C)
     channels = out.shape[-1] // (patch * patch)

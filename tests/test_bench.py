@@ -8,7 +8,7 @@ import statistics
 
 import pytest
 
-from weightformer.analysis.bench import BenchConfig
+from weightformer.analysis.bench import BenchConfig, format_results, run_bench
 from weightformer.cli.main import main
 
 
@@ -46,3 +46,20 @@ def test_bench_command_writes_a_consistent_table_json_and_plot(tmp_path, capsys)
     assert results["environment"]["torch"] and results["config"]["model"] == "weightformer_tiny"
     assert results["command"].startswith("weightformer ")
     assert (tmp_path / "run.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_generation_bench_times_weightformer_dit_against_dit_with_sdpa(capsys):
+    cfg = BenchConfig(task="generation", model="weightformer_dit_s_2", resolutions=[8], base_batch=1,
+                      rounds=1, warmup=0, threads=1, include_reference=False, num_classes=10,
+                      model_kwargs=dict(hidden_size=32, depth=2))
+    results = run_bench(cfg, log=lambda line: None)
+    rows = {(r["resolution"], r["mode"], r["contestant"]): r for r in results["rows"]}
+    assert set(rows) == {(8, m, c) for m in ("inference", "train") for c in ("wfm", "dit")}
+    assert rows[(8, "train", "wfm")]["batch"] == 16 and cfg.batch_for(64) == 1 and cfg.batch_for(16) == 4
+    for entry in results["ratios"]:
+        key = (entry["resolution"], entry["mode"])
+        ratio = rows[(*key, "wfm")]["images_per_s"] / rows[(*key, "dit")]["images_per_s"]
+        assert entry["wfm/dit speed"] == pytest.approx(ratio)
+        assert f"{entry['wfm/dit speed']:.2f}x" in format_results(results)
+    assert main(["bench", "--task", "generation", "--model", "tiny", "--out", "x"]) == 2
+    assert "--model tiny is not a generation variant" in capsys.readouterr().err

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from gen_helpers import write_dit_checkpoint
 from train_helpers import tiny_config, tiny_dataset
 from weightformer.cli.main import main
 from weightformer.tasks.classification import train
@@ -25,6 +26,8 @@ def files(tmp_path_factory):
     (bad / "truncated.pth").write_bytes(good[: len(good) // 2])
     torch.save({"model": {"weight": torch.ones(1)}, "extra": torch.nn.Identity()}, bad / "pickled.pth")
     torch.save({"model": torch.nn.Linear(3, 2).state_dict()}, bad / "other-architecture.pth")
+    write_dit_checkpoint(bad / "dit.pth")
+    write_dit_checkpoint(bad / "dit-latent.pth", vae="ema")
     (bad / "empty.yaml").write_text("")
     (bad / "corrupt.yaml").write_text("epochs: [1, 2\n")
     (bad / "list.yaml").write_text("- epochs\n- 3\n")
@@ -121,6 +124,22 @@ CASES = {
                                   "is a classification checkpoint, not a detection one"),
     "detect-eval-not-coco": (lambda f: ["detect", "eval", str(f["checkpoint"]), "--data-dir", f"{B}/a-file"],
                              "No annotation file"),
+    # dit
+    "dit-train-size": (lambda f: ["dit", "train", "--data-dir", str(f["data"]), "--output-dir",
+                                  str(f["root"] / "failed-runs"), "--image-size", "15"],
+                       "image_size 15 must be a multiple of the patch size 2"),
+    "dit-sample-classifier": (lambda f: ["dit", "sample", str(f["checkpoint"]), "--out", f"{B}/s"],
+                              "is a classification checkpoint, not a WeightFormer-DiT one"),
+    "dit-sample-weights": (lambda f: ["dit", "sample", f"{B}/other-architecture.pth", "--out", f"{B}/s"],
+                           "is not a training checkpoint of this package, not a WeightFormer-DiT one"),
+    "dit-sample-class": (lambda f: ["dit", "sample", f"{B}/dit.pth", "--classes", "1", "3", "--out", f"{B}/s"],
+                         "Class ids must lie in 0..2 (the checkpoint has 3 classes); got 3"),
+    "dit-sample-vae": (lambda f: ["dit", "sample", f"{B}/dit-latent.pth", "--out", f"{B}/s"],
+                       "VAE stabilityai/sd-vae-ft-ema is not in the local Hugging Face cache"),
+    "dit-fid-samples": (lambda f: ["dit", "fid", f"{B}/missing.npz", str(f["data"]), "--classifier",
+                                   str(f["checkpoint"])], "missing.npz is neither an .npz of samples"),
+    "dit-fid-generator": (lambda f: ["dit", "fid", f"{B}/x.npz", str(f["data"]), "--classifier", f"{B}/dit.pth"],
+                          "dit.pth is a generation checkpoint; --classifier takes a classifier's"),
     # summary
     "summary-unknown-model": (lambda f: ["summary", "weightformer_huge"], "invalid choice: 'weightformer_huge'"),
     "summary-size": (lambda f: ["summary", "weightformer_tiny", "--img-size", "225"], "multiples of the patch size 16"),

@@ -166,10 +166,29 @@ def test_initialisation_is_dits_with_the_dynamic_layers_own():
 
 def test_variants_are_built_by_name():
     assert weightformer.list_models() == ["weightformer_base", "weightformer_small", "weightformer_tiny"]
-    assert weightformer.list_models("dit") == [f"weightformer_dit_{s}_{p}" for s in "bs" for p in (2, 4, 8)]
+    assert weightformer.list_models("dit") == [f"dit_attn_{s}_{p}" for s in "bs" for p in (2, 4)] + [
+        f"weightformer_dit_{s}_{p}" for s in "bs" for p in (2, 4, 8)]
     with torch.device("meta"):
         model = weightformer.create_model("weightformer_dit_b_4")
     assert (model.hidden_size, len(model.blocks), model.patch_size) == (768, 15, 4)
     assert model.dynamic_indices == (1, 4, 7, 10, 13)
     with pytest.raises(ValueError, match="No pretrained weights"):
         weightformer.create_model("weightformer_dit_s_2", pretrained=True)
+
+
+@pytest.mark.parametrize("size", [(6, 10), (8, 8)])
+def test_the_attention_baseline_is_dits_block_with_sdpa(size):
+    # DiT's pre-norm block with multi-head SDPA (3 heads of 16), no dynamic layers, against per-head einsum.
+    model = _model(mixer="attention", num_heads=3)
+    for p in model.parameters():  # adaLN-Zero would make every block the identity
+        torch.nn.init.normal_(p, std=0.1)
+    x, t, y = _batch(size)
+    expected = dit_forward_ref(model.state_dict(), x, t, y, patch=2, heads=3)
+    with torch.no_grad():
+        out = model(x, t, y)
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-12 * expected.abs().max())
+    assert model.dynamic_indices == () and not any("dynamic" in type(m).__name__.lower() for m in model.modules())
+    baseline = weightformer.create_model("dit_attn_s_2", input_size=8, num_classes=10)
+    assert len(baseline.blocks) == 15 and baseline.hidden_size == 384 and baseline.blocks[0].token_mixer.num_heads == 6
+    with pytest.raises(ValueError, match="mixer must be 'dwconv' or 'attention'"):
+        _model(mixer="conv")

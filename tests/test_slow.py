@@ -46,3 +46,19 @@ def test_the_embedded_detection_default_reaches_the_ap50_thresholds(tmp_path):
     found = re.search(r"Done: val box AP [\d.]+, AP50 ([\d.]+); mask AP [\d.]+, AP50 ([\d.]+)", done.stdout)
     assert found and float(found.group(1)) >= 80.0 and float(found.group(2)) >= 70.0, done.stdout[-3000:]
     assert (tmp_path / "detection-synthetic" / "predictions.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_the_embedded_generation_default_draws_recognisable_classes(tmp_path):
+    # `weightformer dit train` with no arguments: a 0.65 M-parameter WeightFormer-DiT on 3 classes of coloured
+    # shapes (16 px), then a classifier trained on the real images judges 150 guided samples. Chance is 33 %.
+    done = subprocess.run([sys.executable, "-m", "weightformer", "dit", "train", "--output-dir", str(tmp_path),
+                           "--progress", "false"], capture_output=True, text=True, timeout=3600, env={**os.environ})
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = re.search(r"([\d.]+) % classified as their class \(untrained model ([\d.]+) %\); classifier-feature "
+                      r"FID ([\d.]+) \(real-vs-real floor ([\d.]+), untrained model ([\d.]+)\)", done.stdout)
+    assert found, done.stdout[-3000:]
+    accuracy, untrained_accuracy, fid, floor, untrained_fid = map(float, found.groups())
+    assert accuracy >= 80.0, done.stdout[-3000:]
+    assert floor < fid < untrained_fid
+    assert (tmp_path / "dit-synthetic" / "samples.png").read_bytes()[:4] == b"\x89PNG"

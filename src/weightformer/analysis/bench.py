@@ -37,11 +37,13 @@ from .. import kernels
 from ..models import MODEL_CONFIGS
 from .summary import DEIT_OF_WIDTH, format_table
 
-__all__ = ["BenchConfig", "DEIT_OF", "run_bench", "format_results", "plot_results", "environment"]
+__all__ = ["BenchConfig", "DEIT_OF", "DIT_OF", "run_bench", "format_results", "plot_results", "environment"]
 
-# WeightFormer variant -> the DeiT of the same width (the widths live in the model registry).
+# WeightFormer variant -> the DeiT of the same width (the widths live in the model registry); for generation,
+# WeightFormer-DiT -> DiT's own block (SDPA) at the same width and depth.
 DEIT_OF = {name: DEIT_OF_WIDTH[MODEL_CONFIGS[name]["embed_dim"]]
            for name in ("weightformer_tiny", "weightformer_small")}
+DIT_OF = {"weightformer_dit_s_2": "dit_attn_s_2", "weightformer_dit_b_2": "dit_attn_b_2"}
 MODES = ("inference", "train")
 
 
@@ -60,7 +62,11 @@ class BenchConfig:
         warmup: untimed steps per contestant first (compilation happens here).
         device: "cpu" or "cuda".
         threads: torch.set_num_threads on CPU (None: leave as is).
-        num_classes: classifier outputs.
+        num_classes: classifier outputs (generation: class labels).
+        task: "classification" (WeightFormer vs DeiT on images) or "generation" (WeightFormer-DiT vs DiT with
+            SDPA on 4-channel latents; resolutions are latent sides, 32 = 256 px; batch = base_batch *
+            (32 / latent)^2; "inference" times one guided denoising step of the batch, "train" one diffusion
+            training step: forward at random timesteps, MSE to the noise, backward, AdamW).
     """
 
     model: str = "weightformer_tiny"
@@ -74,9 +80,12 @@ class BenchConfig:
     device: str = "cpu"
     threads: int | None = None
     num_classes: int = 1000
+    task: str = "classification"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)  # generation: e.g. a smaller width for tests
 
     def batch_for(self, resolution: int) -> int:
-        return max(1, round(self.base_batch * (224 / resolution) ** 2))
+        base = 32 if self.task == "generation" else 224
+        return max(1, round(self.base_batch * (base / resolution) ** 2))
 
 
 def environment(device: str) -> dict[str, Any]:
@@ -183,7 +192,58 @@ def _build(name: str, resolution: int, cfg: BenchConfig) -> nn.Module:
     return model.to(cfg.device)
 
 
+def _make_dit_step(model: nn.Module, mode: str, latents: torch.Tensor, labels: torch.Tensor, device: str,
+                   reference: bool) -> Callable[[], Any]:
+    """One guided denoising step of the batch (inference), or one diffusion training step."""
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else torch.autocast("cpu", enabled=False)
+    )
+    t = torch.randint(0, 1000, (len(latents),), generator=torch.Generator().manual_seed(0)).to(latents.device)
+    if mode == "inference":
+        model.eval()
+        null = torch.full_like(labels, model.num_classes)
+        x2, t2, y2 = torch.cat([latents, latents]), torch.cat([t, t]), torch.cat([labels, null])
+
+        def step() -> Any:
+            with torch.inference_mode(), autocast, kernels.use_reference(reference):
+                return model.forward_with_cfg(x2, t2, y2, cfg_scale=4.0)
+
+        return step
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    noise = torch.randn_like(latents)
+
+    def train_step() -> Any:
+        with autocast, kernels.use_reference(reference):
+            loss = F.mse_loss(model(latents + noise, t, labels)[:, : latents.shape[1]].float(), noise)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    return train_step
+
+
+def _dit_contestants(cfg: BenchConfig, resolution: int, mode: str, latents, labels) -> list[_Contestant]:
+    from ..models import create_model
+
+    out = []
+    wraps = [("", lambda m: m)] * (cfg.compile_mode in ("off", "both"))
+    wraps += [("_compiled", torch.compile)] * (cfg.compile_mode in ("on", "both"))
+    names = [("wfm_ref", cfg.model, True)] if cfg.include_reference else []
+    for suffix, wrap in wraps:
+        names += [("wfm" + suffix, cfg.model, False, wrap), ("dit" + suffix, DIT_OF[cfg.model], False, wrap)]
+    for name, model_name, reference, *wrap in names:
+        model = create_model(model_name, input_size=resolution, num_classes=cfg.num_classes, **cfg.model_kwargs)
+        model = model.to(cfg.device)
+        model = wrap[0](model) if wrap else model
+        out.append(_Contestant(name, _make_dit_step(model, mode, latents, labels, cfg.device, reference)))
+    return out
+
+
 def _contestants(cfg: BenchConfig, resolution: int, mode: str, images, labels) -> list[_Contestant]:
+    if cfg.task == "generation":
+        return _dit_contestants(cfg, resolution, mode, images, labels)
     deit_name = DEIT_OF[cfg.model]
     out = []
     eager = cfg.compile_mode in ("off", "both")
@@ -213,27 +273,28 @@ def _timed(step: Callable[[], Any], device: str) -> float:
 
 def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Measure every contestant at every resolution and mode; returns a JSON-ready dict (see `format_results`)."""
-    if cfg.model not in DEIT_OF:
-        raise ValueError(f"bench compares {sorted(DEIT_OF)} with DeiT; got {cfg.model!r}.")
+    _check_models(cfg)
     if cfg.compile_mode not in ("off", "on", "both"):
         raise ValueError(f"compile_mode must be 'off', 'on' or 'both', got {cfg.compile_mode!r}.")
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but CUDA is not available.")
-    bad = [r for r in cfg.resolutions if r < 48 or r % 16]
+    patch, smallest = (2, 8) if cfg.task == "generation" else (16, 48)
+    bad = [r for r in cfg.resolutions if r < smallest or r % patch]
     if bad:
-        raise ValueError(f"Resolutions must be multiples of the patch size 16 and at least 48 (a 3x3 token grid); "
-                         f"got {', '.join(map(str, bad))}.")
+        raise ValueError(f"Resolutions must be multiples of the patch size {patch} and at least {smallest} (a "
+                         f"{smallest // patch}x{smallest // patch} token grid); got {', '.join(map(str, bad))}.")
     if cfg.rounds < 1 or cfg.base_batch < 1 or cfg.warmup < 0:
         raise ValueError(f"rounds and base batch must be at least 1 and warmup at least 0; got {cfg.rounds}, "
                          f"{cfg.base_batch}, {cfg.warmup}.")
     if cfg.device == "cpu" and cfg.threads:
         torch.set_num_threads(cfg.threads)
-    log(f"weightformer bench: {cfg.model} vs {DEIT_OF[cfg.model]} on {cfg.device}")
+    log(f"weightformer bench: {cfg.model} vs {_baseline(cfg)} on {cfg.device}")
     rows = []
     for resolution in cfg.resolutions:
         batch = cfg.batch_for(resolution)
         gen = torch.Generator().manual_seed(resolution)
-        images = torch.randn(batch, 3, resolution, resolution, generator=gen).to(cfg.device)
+        channels = 4 if cfg.task == "generation" else 3
+        images = torch.randn(batch, channels, resolution, resolution, generator=gen).to(cfg.device)
         labels = torch.randint(0, cfg.num_classes, (batch,), generator=gen).to(cfg.device)
         for mode in cfg.modes:
             contestants = _contestants(cfg, resolution, mode, images, labels)
@@ -270,13 +331,27 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
     return dict(config=asdict(cfg), environment=environment(cfg.device), rows=rows, ratios=_ratios(rows))
 
 
+def _check_models(cfg: BenchConfig) -> None:
+    if cfg.task not in ("classification", "generation"):
+        raise ValueError(f"task must be 'classification' or 'generation', got {cfg.task!r}.")
+    known = DIT_OF if cfg.task == "generation" else DEIT_OF
+    if cfg.model not in known:
+        raise ValueError(f"bench ({cfg.task}) compares {sorted(known)} with their baselines; got {cfg.model!r}.")
+
+
+def _baseline(cfg: BenchConfig) -> str:
+    return DIT_OF[cfg.model] if cfg.task == "generation" else DEIT_OF[cfg.model]
+
+
 def _ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per resolution and mode: throughput and memory of each WeightFormer contestant over DeiT's."""
     index = {(r["resolution"], r["mode"], r["contestant"]): r for r in rows}
     out = []
     for resolution, mode in dict.fromkeys((r["resolution"], r["mode"]) for r in rows):
         entry: dict[str, Any] = dict(resolution=resolution, mode=mode)
-        for wfm, deit in (("wfm", "deit"), ("wfm_ref", "deit"), ("wfm_compiled", "deit_compiled")):
+        pairs = [(w, b + suffix) for b in ("deit", "dit") for w, suffix in
+                 (("wfm", ""), ("wfm_ref", ""), ("wfm_compiled", "_compiled"))]
+        for wfm, deit in pairs:
             a, b = index.get((resolution, mode, wfm)), index.get((resolution, mode, deit))
             if a is None or b is None:
                 continue
@@ -344,7 +419,8 @@ def plot_results(results: dict[str, Any], path: str) -> None:
         ax.minorticks_off()
     axes[0].legend(fontsize=8)
     cfg = results["config"]
-    fig.suptitle(f"{cfg['model']} vs {DEIT_OF[cfg['model']]} on {env['device']} ({cfg['device']})", fontsize=10)
+    baseline = DIT_OF.get(cfg["model"]) or DEIT_OF[cfg["model"]]
+    fig.suptitle(f"{cfg['model']} vs {baseline} on {env['device']} ({cfg['device']})", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

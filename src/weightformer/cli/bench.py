@@ -13,6 +13,7 @@ import torch
 from ..analysis.bench import MODES, BenchConfig, format_results, plot_results, run_bench
 
 _VARIANTS = {"tiny": "weightformer_tiny", "small": "weightformer_small"}
+_DIT_VARIANTS = {"small": "weightformer_dit_s_2", "base": "weightformer_dit_b_2"}
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -26,7 +27,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument(
-        "--model", default="tiny", choices=sorted(_VARIANTS), help="WeightFormer variant (default tiny)"
+        "--task", default="classification", choices=["classification", "generation"],
+        help="generation: WeightFormer-DiT/2 vs DiT/2 (SDPA) on latents; --resolutions are latent sides "
+        "(default 32 64 128 = 256, 512, 1024 px), batch = base * (32 / latent)^2",
+    )
+    parser.add_argument(
+        "--model", default=None, choices=sorted({*_VARIANTS, *_DIT_VARIANTS}),
+        help="variant (default tiny; generation: small)"
     )
     parser.add_argument("--device", default=None, choices=["cpu", "cuda"], help="default: cuda if available")
     parser.add_argument(
@@ -51,10 +58,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     on_cuda = device == "cuda"
+    generation = args.task == "generation"
+    variants = _DIT_VARIANTS if generation else _VARIANTS
+    name = args.model or ("small" if generation else "tiny")
+    if name not in variants:
+        raise ValueError(f"--model {name} is not a {args.task} variant; choose from {', '.join(sorted(variants))}.")
+    if generation:
+        resolutions, base_batch = [32, 64, 128], (64 if on_cuda else 2)
+    else:
+        resolutions = [224, 448, 672, 896, 1248, 1536] if on_cuda else [224, 448, 896]
+        base_batch = 256 if on_cuda else 16
     cfg = BenchConfig(
-        model=_VARIANTS[args.model],
-        resolutions=args.resolutions or ([224, 448, 672, 896, 1248, 1536] if on_cuda else [224, 448, 896]),
-        base_batch=args.base_batch or (256 if on_cuda else 16),
+        model=variants[name],
+        task=args.task,
+        num_classes=1000,
+        resolutions=args.resolutions or resolutions,
+        base_batch=args.base_batch or base_batch,
         modes=tuple(args.modes),
         compile_mode=args.compile_mode or ("both" if on_cuda else "off"),
         include_reference=not args.no_reference,

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..layers import DynamicDWConv2d, DynamicLinear
 from ..layers.common import to_nhwc
@@ -137,6 +138,25 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
+class Attention(nn.Module):
+    """Multi-head self-attention over channels-last tokens (DiT's timm Attention, qkv bias), computed by SDPA."""
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"hidden_size {dim} is not divisible by {num_heads} attention heads.")
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (N, h, w, D) -> (N, h, w, D)."""
+        n, h, w, d = x.shape
+        qkv = self.qkv(x).reshape(n, h * w, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (N, heads, h*w, D/heads)
+        return self.proj(out.transpose(1, 2).reshape(n, h, w, d))
+
+
 class DiTBlock(nn.Module):
     """A WeightFormer-DiT block: adaLN-Zero conditioning around a depthwise-conv mixer and an MLP.
 
@@ -146,13 +166,20 @@ class DiTBlock(nn.Module):
 
     LN1 normalises the residual stream itself, not a pre-norm branch: that is how the release is written (in
     every block, static or dynamic) and its weights depend on it. Neither LayerNorm has affine parameters.
+
+    mixer="attention" is DiT's own block, the baseline: multi-head self-attention (SDPA) as the mixer, in DiT's
+    pre-norm form x = x + gate1 * Attn(modulate(LN1(x), shift1, scale1)).
     """
 
-    def __init__(self, hidden_size: int, mlp_ratio: float = 4.0, dynamic: bool = False) -> None:
+    def __init__(self, hidden_size: int, mlp_ratio: float = 4.0, dynamic: bool = False, mixer: str = "dwconv",
+                 num_heads: int = 1) -> None:
         super().__init__()
-        self.dynamic = dynamic
+        self.dynamic, self.attention = dynamic, mixer == "attention"
         self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
-        self.token_mixer = DynamicDWConv2d(hidden_size, 3) if dynamic else DepthwiseConv(hidden_size)
+        if self.attention:
+            self.token_mixer = Attention(hidden_size, num_heads)
+        else:
+            self.token_mixer = DynamicDWConv2d(hidden_size, 3) if dynamic else DepthwiseConv(hidden_size)
         self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio), dynamic)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
@@ -160,6 +187,9 @@ class DiTBlock(nn.Module):
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """x: (N, h, w, D), c: conditioning (N, D) -> (N, h, w, D)."""
         shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(c).chunk(6, dim=1)  # 6 x (N, D)
+        if self.attention:
+            x = x + gate1[:, None, None, :] * self.token_mixer(modulate(self.norm1(x), shift1, scale1))
+            return x + gate2[:, None, None, :] * self.mlp(modulate(self.norm2(x), shift2, scale2))
         x = self.norm1(x)
         x = x + gate1[:, None, None, :] * self.token_mixer(modulate(x, shift1, scale1))
         return x + gate2[:, None, None, :] * self.mlp(modulate(self.norm2(x), shift2, scale2))
@@ -194,6 +224,8 @@ class WeightFormerDiT(nn.Module):
         num_classes: number of classes; label id num_classes means "no class".
         learn_sigma: also predict the variance (out_channels = 2 * in_channels).
         dynamic_blocks: placement of dynamic blocks, see `dynamic_block_indices` ("sparse" is the release's).
+        mixer: "dwconv" (WeightFormer-DiT) or "attention" (DiT itself, the baseline: no dynamic blocks).
+        num_heads: attention heads (mixer="attention"); default hidden_size // 64, DiT's head width.
     """
 
     def __init__(
@@ -208,8 +240,12 @@ class WeightFormerDiT(nn.Module):
         num_classes: int = 1000,
         learn_sigma: bool = True,
         dynamic_blocks: str | list[int] = "sparse",
+        mixer: str = "dwconv",
+        num_heads: int | None = None,
     ) -> None:
         super().__init__()
+        if mixer not in ("dwconv", "attention"):
+            raise ValueError(f"mixer must be 'dwconv' or 'attention', got {mixer!r}.")
         if hidden_size % 4:
             raise ValueError(f"hidden_size must be divisible by 4 (2-D sin-cos position embedding), got {hidden_size}.")
         self.input_size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
@@ -219,13 +255,14 @@ class WeightFormerDiT(nn.Module):
         self.hidden_size = hidden_size
         self.num_classes = num_classes
         self.learn_sigma = learn_sigma
-        self.dynamic_indices = dynamic_block_indices(depth, dynamic_blocks)
+        self.dynamic_indices = dynamic_block_indices(depth, "none" if mixer == "attention" else dynamic_blocks)
+        heads = num_heads or max(1, hidden_size // 64)
 
         self.x_embedder = PatchEmbed(patch_size, in_channels, hidden_size)
         self.t_embedder = TimestepEmbedder(hidden_size)
         self.y_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout_prob)
         self.blocks = nn.ModuleList(
-            [DiTBlock(hidden_size, mlp_ratio, dynamic=i in self.dynamic_indices) for i in range(depth)]
+            [DiTBlock(hidden_size, mlp_ratio, i in self.dynamic_indices, mixer, heads) for i in range(depth)]
         )
         self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
         self.initialize_weights()
@@ -454,7 +491,28 @@ def weightformer_dit_b_8(**kwargs: Any) -> WeightFormerDiT:
     return WeightFormerDiT(**{**DIT_CONFIGS["weightformer_dit_b_8"], **kwargs})
 
 
+def dit_attn_s_2(**kwargs: Any) -> WeightFormerDiT:
+    """The attention baseline: DiT's block (SDPA) at WeightFormer-DiT-S/2's width and depth."""
+    return WeightFormerDiT(**{**DIT_CONFIGS["weightformer_dit_s_2"], "mixer": "attention", **kwargs})
+
+
+def dit_attn_s_4(**kwargs: Any) -> WeightFormerDiT:
+    return WeightFormerDiT(**{**DIT_CONFIGS["weightformer_dit_s_4"], "mixer": "attention", **kwargs})
+
+
+def dit_attn_b_2(**kwargs: Any) -> WeightFormerDiT:
+    return WeightFormerDiT(**{**DIT_CONFIGS["weightformer_dit_b_2"], "mixer": "attention", **kwargs})
+
+
+def dit_attn_b_4(**kwargs: Any) -> WeightFormerDiT:
+    return WeightFormerDiT(**{**DIT_CONFIGS["weightformer_dit_b_4"], "mixer": "attention", **kwargs})
+
+
 DIT_MODELS = {
+    "dit_attn_s_2": dit_attn_s_2,
+    "dit_attn_s_4": dit_attn_s_4,
+    "dit_attn_b_2": dit_attn_b_2,
+    "dit_attn_b_4": dit_attn_b_4,
     "weightformer_dit_s_2": weightformer_dit_s_2,
     "weightformer_dit_s_4": weightformer_dit_s_4,
     "weightformer_dit_s_8": weightformer_dit_s_8,

@@ -1,0 +1,201 @@
+"""Sampling a trained WeightFormer-DiT into files: a PNG grid and an `.npz` in the ADM evaluation-suite layout.
+
+    weightformer dit sample runs/dit-synthetic/checkpoints/best.pth --num-samples 600 --out samples/
+    torchrun --nproc_per_node 8 -m weightformer dit sample CKPT --num-samples 50000 --out samples/
+
+Samples are drawn in batches of a fixed size; batch b starts from a generator seeded by (seed, b) and holds the
+labels of its indices, so the set of samples depends on the seed and batch size only, never on the number of
+processes: under torchrun, rank r draws batches r, r + W, r + 2W, ... and rank 0 gathers them in index order.
+The `.npz` holds uint8 NHWC images under `arr_0` and their class ids under `arr_1` (ADM's sample script).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from ...diffusion import create_diffusion, ddpm_sample, sample
+from ...engine.distributed import Dist, setup_distributed, teardown_distributed
+from ...models import create_model, load_checkpoint, read_state_dict
+from .latents import load_vae, vae_decoder, vae_factor
+
+__all__ = ["SCHEDULERS", "load_generator", "make_sampler", "sample_labels", "batch_seed", "to_uint8",
+           "generate", "sample_to_files", "save_npz"]
+
+SCHEDULERS = ("ddpm", "ddim", "dpm++")
+
+
+def load_generator(checkpoint: str | Path, use_ema: bool = True) -> tuple[nn.Module, dict[str, Any]]:
+    """The WeightFormer-DiT a `weightformer dit train` checkpoint holds (its EMA weights by default), in eval mode.
+
+    Returns (model, info) with info's class_names, image_size (pixels) and the run's config. Any other file
+    (a classifier's checkpoint, the release's weights without a config) is refused in one line.
+    """
+    state = read_state_dict(checkpoint)
+    config, task = state.get("config"), state.get("task")
+    if task != "generation" or not isinstance(config, dict):
+        what = f"a {task} checkpoint" if isinstance(task, str) else "not a training checkpoint of this package"
+        raise ValueError(f"{checkpoint} is {what}, not a WeightFormer-DiT one: pass a checkpoint written by "
+                         "`weightformer dit train`.")
+    class_names = list(state.get("class_names") or [])
+    model = create_model(config["model"], input_size=config.get("latent_size") or config["image_size"],
+                         in_channels=latent_channels(config), num_classes=len(class_names),
+                         **config.get("model_kwargs", {}))
+    weights = state["ema"] if use_ema and state.get("ema") else state["model"]
+    weights = {k.removeprefix("module."): v for k, v in weights.items()}  # ModelEmaV3 keeps its copy as .module
+    load_checkpoint(model, weights, origin=str(checkpoint))
+    return model.eval(), {"class_names": class_names, "image_size": config["image_size"], "config": config}
+
+
+def latent_channels(config: dict[str, Any]) -> int:
+    """Channels the model sees: the VAE's latent channels (4 for Stable Diffusion's) or 3 (pixels)."""
+    return config.get("latent_channels") or (4 if config.get("vae") else 3)
+
+
+def make_sampler(name: str, steps: int) -> Callable[..., torch.Tensor]:
+    """A function (model, labels, size, cfg_scale, generator) -> samples for the scheduler `name`.
+
+    ddpm: DiT's ancestral sampler with `steps` respaced steps (learned variance); ddim and dpm++: diffusers'
+    DDIMScheduler and DPMSolverMultistepScheduler (second order, "dpmsolver++") on DiT's linear schedule.
+    """
+    if name not in SCHEDULERS:
+        raise ValueError(f"Unknown scheduler {name!r}; choose from {', '.join(SCHEDULERS)}.")
+    if steps < 1:
+        raise ValueError(f"--steps must be at least 1, got {steps}.")
+    if name == "ddpm":
+        diffusion = create_diffusion(str(steps))
+        return lambda model, labels, size, cfg_scale, generator: ddpm_sample(
+            model, diffusion, labels, size, cfg_scale=cfg_scale, generator=generator,
+            guided_channels=model.in_channels)
+    import diffusers
+
+    common = dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02)
+
+    def run(model, labels, size, cfg_scale, generator):
+        scheduler = (diffusers.DDIMScheduler(**common, clip_sample=False) if name == "ddim" else
+                     diffusers.DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++"))
+        return sample(model, scheduler, labels, size, num_inference_steps=steps, cfg_scale=cfg_scale,
+                      generator=generator, guided_channels=model.in_channels)
+
+    return run
+
+
+def sample_labels(num_samples: int, num_classes: int, classes: Sequence[int] | None = None) -> torch.Tensor:
+    """Class ids of samples 0..N-1: `classes` (default all) in turn, so every class gets its share. (N,)"""
+    classes = list(range(num_classes)) if not classes else list(classes)
+    bad = [c for c in classes if not 0 <= c < num_classes]
+    if bad:
+        raise ValueError(f"Class ids must lie in 0..{num_classes - 1} (the checkpoint has {num_classes} classes); "
+                         f"got {', '.join(map(str, bad))}.")
+    return torch.tensor(classes)[torch.arange(num_samples) % len(classes)]
+
+
+def batch_seed(seed: int, batch: int) -> int:
+    """The seed of batch `batch` of a run seeded `seed`: independent streams, whatever the world size."""
+    return int(np.random.SeedSequence([seed, batch]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(N, 3, H, W) in [-1, 1] -> (N, H, W, 3) uint8, rounded to the nearest level."""
+    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+@torch.no_grad()
+def generate(model: nn.Module, labels: torch.Tensor, size: int, sampler: Callable[..., torch.Tensor],
+             seed: int, batch_size: int, batches: Sequence[int], cfg_scale: float, device: torch.device,
+             decode: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[int, np.ndarray]:
+    """Draw the samples of `batches` (batch b holds indices b*B .. (b+1)*B - 1): {index: (H, W, 3) uint8}.
+
+    size: the model's input side (latent side when `decode` maps latents to images)."""
+    out: dict[int, np.ndarray] = {}
+    for b in batches:
+        index = torch.arange(b * batch_size, min((b + 1) * batch_size, len(labels)))
+        generator = torch.Generator(device=device).manual_seed(batch_seed(seed, b))
+        images = sampler(model, labels[index].to(device), size, cfg_scale, generator)
+        if decode is not None:
+            images = decode(images)
+        out.update(zip(index.tolist(), to_uint8(images), strict=True))
+    return out
+
+
+def save_npz(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
+    """Write arr_0 (N, H, W, 3) uint8 and arr_1 (N,) labels atomically (a temporary file renamed into place)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, images, labels)
+    os.replace(tmp, path)
+
+
+def sample_to_files(checkpoint: str | Path, out_dir: str | Path, num_samples: int, scheduler: str = "ddpm",
+                    steps: int = 50, cfg_scale: float = 4.0, seed: int = 0, classes: Sequence[int] | None = None,
+                    batch_size: int = 64, device: str = "auto", use_ema: bool = True) -> dict[str, Any]:
+    """Sample a checkpoint into <out_dir>/samples.npz and samples.png; data parallel under torchrun.
+
+    Each rank draws its batches and writes them to <out_dir>/shards/; rank 0 gathers them in index order into
+    one npz and removes the shards. Returns {"npz", "png", "images", "seconds"} (on rank 0).
+    """
+    if num_samples < 1 or batch_size < 1:
+        raise ValueError(f"--num-samples and --batch-size must be positive, got {num_samples} and {batch_size}.")
+    model, info = load_generator(checkpoint, use_ema)  # every rank checks its input before joining the group
+    labels = sample_labels(num_samples, len(info["class_names"]), classes)
+    sampler = make_sampler(scheduler, steps)
+    vae = load_vae(info["config"]["vae"]) if info["config"].get("vae") else None  # latents: decode them
+    d = setup_distributed(device)
+    try:
+        decode = vae_decoder(vae.to(d.device)) if vae is not None else None
+        size = info["image_size"] // (vae_factor(vae) if vae is not None else 1)
+        return _sample_on_ranks(model.to(d.device), size, labels, sampler, decode, Path(out_dir), seed,
+                                batch_size, cfg_scale, d)
+    finally:
+        teardown_distributed(d)
+
+
+def _sample_on_ranks(model: nn.Module, size: int, labels: torch.Tensor, sampler: Callable[..., Any],
+                     decode: Callable[..., Any] | None, out_dir: Path, seed: int, batch_size: int, cfg_scale: float,
+                     d: Dist) -> dict[str, Any]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    batches = range(d.rank, math.ceil(len(labels) / batch_size), d.world_size)
+    drawn = generate(model, labels, size, sampler, seed, batch_size, batches, cfg_scale, d.device, decode)
+    shards = out_dir / "shards"
+    if d.world_size > 1:  # every rank's share goes through the disk: no large tensors through the process group
+        shards.mkdir(exist_ok=True)
+        keys = np.array(sorted(drawn), dtype=np.int64)
+        save_npz(shards / f"rank{d.rank:05d}.npz", np.stack([drawn[k] for k in keys]), keys)
+        dist.barrier()
+    if not d.primary:
+        return {}
+    if d.world_size > 1:
+        for r in range(d.world_size):
+            with np.load(shards / f"rank{r:05d}.npz") as shard:
+                drawn.update(zip(shard["arr_1"].tolist(), shard["arr_0"], strict=True))
+            (shards / f"rank{r:05d}.npz").unlink()
+        shards.rmdir()
+    images = np.stack([drawn[i] for i in range(len(labels))])  # (N, H, W, 3) uint8
+    save_npz(out_dir / "samples.npz", images, labels.numpy())
+    png = out_dir / "samples.png"
+    write_grid(images, labels.numpy(), png)
+    return {"npz": out_dir / "samples.npz", "png": png, "images": len(images),
+            "seconds": time.perf_counter() - start}
+
+
+def write_grid(images: np.ndarray, labels: np.ndarray, path: Path, per_class: int = 8) -> None:
+    """A PNG grid of up to `per_class` samples of each class drawn, one row per class. images: (N, H, W, 3)."""
+    from torchvision.utils import save_image
+
+    rows = [images[labels == c][:per_class] for c in np.unique(labels)]
+    width = max(len(r) for r in rows)
+    tiles = np.zeros((len(rows), width, *images.shape[1:]), dtype=np.uint8)
+    for i, row in enumerate(rows):
+        tiles[i, : len(row)] = row
+    grid = torch.from_numpy(tiles.reshape(-1, *images.shape[1:])).permute(0, 3, 1, 2).float() / 255
+    save_image(grid, path, nrow=width)

@@ -1,0 +1,147 @@
+"""FID and IS against float64 references on known Gaussians and distributions; `weightformer dit fid` in a
+classifier's feature space; image loading; the Inception weights never downloaded."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from train_helpers import tiny_config, tiny_dataset
+from weightformer.cli.main import main
+from weightformer.tasks.classification import train
+from weightformer.tasks.generation.metrics import (
+    classifier_scorer,
+    frechet_distance,
+    gaussian_stats,
+    inception_score,
+    load_images,
+)
+
+
+def _random_cov(rng: np.random.Generator, d: int) -> np.ndarray:
+    a = rng.normal(size=(d, d + 3))
+    return a @ a.T / d
+
+
+def _reference_fid(mu1, s1, mu2, s2) -> float:
+    """Tr sqrt(S1 S2) = Tr sqrt(S1^1/2 S2 S1^1/2), the latter symmetric PSD: eigen-decompositions only."""
+    w, v = np.linalg.eigh(s1)
+    root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    inner = np.linalg.eigvalsh(root1 @ s2 @ root1)
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.sqrt(np.clip(inner, 0, None)).sum())
+
+
+@pytest.mark.parametrize("d", [1, 7, 33])
+def test_frechet_distance_matches_an_eigendecomposition_reference(d):
+    rng = np.random.default_rng(d)
+    mu1, mu2, s1, s2 = rng.normal(size=d), rng.normal(size=d), _random_cov(rng, d), _random_cov(rng, d)
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(_reference_fid(mu1, s1, mu2, s2), rel=1e-9, abs=1e-9)
+    assert frechet_distance(mu1, s1, mu1, s1) == pytest.approx(0.0, abs=1e-8)
+
+
+def test_frechet_distance_of_diagonal_gaussians_is_closed_form():
+    a, b = np.array([1.0, 4.0, 0.25]), np.array([9.0, 1.0, 0.25])
+    mu1, mu2 = np.array([0.0, 1.0, 2.0]), np.array([1.0, 1.0, 0.0])
+    expected = 1 + 0 + 4 + ((np.sqrt(a) - np.sqrt(b)) ** 2).sum()  # = 5 + 4 + 1 + 0
+    assert frechet_distance(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(expected, rel=1e-12)
+
+
+def test_sample_statistics_converge_to_the_gaussians_distance():
+    rng = np.random.default_rng(0)
+    d = 5
+    mu1, mu2, s1, s2 = rng.normal(size=d), rng.normal(size=d), _random_cov(rng, d), _random_cov(rng, d)
+    x1 = rng.multivariate_normal(mu1, s1, size=200_000)
+    x2 = rng.multivariate_normal(mu2, s2, size=200_000)
+    exact = _reference_fid(mu1, s1, mu2, s2)
+    assert frechet_distance(*gaussian_stats(x1), *gaussian_stats(x2)) == pytest.approx(exact, rel=0.02)
+    with pytest.raises(ValueError, match="at least 2 feature vectors"):
+        gaussian_stats(x1[:1])
+
+
+def test_inception_score_against_a_loop_reference_and_its_extremes():
+    rng = np.random.default_rng(1)
+    probs = rng.dirichlet(np.ones(5) * 0.3, size=37)
+    parts = np.array_split(probs, 4)
+    ref = []
+    for part in parts:
+        marginal = [sum(p[k] for p in part) / len(part) for k in range(5)]
+        kl = [sum(p[k] * (np.log(p[k]) - np.log(marginal[k])) for k in range(5) if p[k] > 0) for p in part]
+        ref.append(np.exp(sum(kl) / len(kl)))
+    mean, std = inception_score(probs, splits=4)
+    assert mean == pytest.approx(np.mean(ref), rel=1e-10) and std == pytest.approx(np.std(ref), rel=1e-8)
+    assert inception_score(np.eye(6)[np.arange(60) % 6], splits=1)[0] == pytest.approx(6.0)  # sure and balanced
+    assert inception_score(np.full((30, 6), 1 / 6), splits=3)[0] == pytest.approx(1.0)  # no idea
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cls")
+    data = tiny_dataset(root / "data")
+    run = train(tiny_config(data, root / "runs", epochs=1, batch_size=9))
+    return data, run["run_dir"] / "checkpoints" / "last.pth"
+
+
+def test_classifier_features_are_the_pre_logits_of_its_predictions(classifier):
+    data, checkpoint = classifier
+    images = load_images(data / "val")
+    assert images.shape == (18, 16, 16, 3) and images.dtype == np.uint8
+    features, probs = classifier_scorer(checkpoint, batch_size=5)(images)
+    assert features.shape == (18, 16) and probs.shape == (18, 9)
+    from weightformer.tasks.classification.evaluate import load_model_for_eval
+
+    model, _ = load_model_for_eval(checkpoint)
+    x = torch.stack([torch.from_numpy(im).permute(2, 0, 1).float() / 255 for im in images])
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    with torch.no_grad():
+        expected = model.eval()((x - mean[:, None, None]) / std[:, None, None]).softmax(-1)
+    np.testing.assert_allclose(probs, expected.double().numpy(), atol=1e-5)
+
+
+def test_dit_fid_scores_samples_with_a_classifier(classifier, tmp_path, capsys):
+    data, checkpoint = classifier
+    images = load_images(data / "train")  # 36 images
+    labels = np.arange(36) // 4  # the folders' order: 4 per class
+    np.savez(tmp_path / "samples.npz", images, labels)
+    out = tmp_path / "fid.json"
+    assert main(["dit", "fid", str(tmp_path / "samples.npz"), str(data / "val"), "--classifier", str(checkpoint),
+                 "--splits", "2", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["samples"] == 36 and result["reference"] == 18 and result["fid"] > 0
+    assert 0 <= result["accuracy"] <= 100 and "classified as their conditioning class" in capsys.readouterr().out
+    np.savez(tmp_path / "same.npz", images)  # a set against itself: distance 0
+    main(["dit", "fid", str(tmp_path / "same.npz"), str(data / "train"), "--classifier", str(checkpoint),
+          "--json", str(out)])
+    assert json.loads(out.read_text())["fid"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_folders_of_mixed_sizes_and_bad_sources(tmp_path):
+    folder = tmp_path / "imgs" / "a"
+    folder.mkdir(parents=True)
+    Image.new("RGB", (6, 4), (255, 0, 0)).save(folder / "1.png")
+    Image.new("L", (12, 8), 128).save(folder / "2.jpg")
+    images = load_images(tmp_path / "imgs")
+    assert images.shape == (2, 4, 6, 3) and images[0, 0, 0].tolist() == [255, 0, 0]
+    with pytest.raises(ValueError, match="No images"):
+        load_images(_empty(tmp_path))
+    np.savez(tmp_path / "floats.npz", np.zeros((2, 4, 4, 3), np.float32))
+    with pytest.raises(ValueError, match="arr_0 must be uint8 images"):
+        load_images(tmp_path / "floats.npz")
+
+
+def _empty(tmp_path):
+    (tmp_path / "empty").mkdir()
+    return tmp_path / "empty"
+
+
+def test_inception_weights_are_never_downloaded(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("torch_fidelity")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty cache
+    np.savez(tmp_path / "s.npz", np.zeros((2, 8, 8, 3), np.uint8))
+    assert main(["dit", "fid", str(tmp_path / "s.npz"), str(tmp_path / "s.npz")]) == 2
+    err = capsys.readouterr().err
+    assert "Inception weights are not cached at" in err and "or score with --classifier CKPT" in err
+    assert not (tmp_path / "torch").exists()  # nothing fetched, nothing written
