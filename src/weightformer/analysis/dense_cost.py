@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from .flops import count_macs
+from .flops import count_call_macs, count_macs
 
 __all__ = ["DENSE_SIZES", "DenseCostRow", "MemoryRow", "dense_cost_rows", "memory_rows", "deit_of"]
 
@@ -70,28 +70,8 @@ def _mask_rcnn_heads_gmacs(detector: nn.Module, maps: dict[str, torch.Tensor]) -
     ]
     total = 0
     for module, args in pieces:
-        total += _macs_of_call(module, args)
+        total += count_call_macs(module, *args).total
     return total / 1e9
-
-
-def _macs_of_call(module: nn.Module, args: list) -> int:
-    """MACs of module(*args) with meta tensors (for modules whose input is not one image batch)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from .flops import _FVCORE_EXTRAS
-
-    counter = FlopCounterMode(display=False, custom_mapping=_FVCORE_EXTRAS)
-    with counter, torch.no_grad():
-        module(*[_to_meta(a) for a in args])
-    return counter.get_total_flops() // 2
-
-
-def _to_meta(value):
-    if isinstance(value, torch.Tensor):
-        return value.to("meta")
-    if isinstance(value, list):
-        return [_to_meta(v) for v in value]
-    return value
 
 
 def _dense_models(backbone: str) -> tuple[nn.Module, nn.Module]:

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from math import prod
+from typing import Any
 
 import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-__all__ = ["MacCount", "count_macs"]
+__all__ = ["MacCount", "count_macs", "count_call_macs"]
 
 aten = torch.ops.aten
 
@@ -54,17 +55,22 @@ class MacCount:
 
 def count_macs(model: nn.Module, input_size: tuple[int, int, int], batch_size: int = 1) -> MacCount:
     """MACs of `model` on a (batch_size, *input_size) input, counted on a meta-device copy of the model."""
+    return count_call_macs(model, torch.empty(batch_size, *input_size, device="meta"))
+
+
+def count_call_macs(model: nn.Module, *args: Any) -> MacCount:
+    """MACs of model(*args) for any arguments (tensors, or lists of them, are moved to the meta device), counted
+    on a meta-device copy of the model: for modules whose input is not one image batch (detection heads, ...)."""
     import copy
 
     meta_model = copy.deepcopy(model).to("meta").eval()
-    x = torch.empty(batch_size, *input_size, device="meta")
     counter = FlopCounterMode(display=False, custom_mapping=_FVCORE_EXTRAS)
     # The layers run their reference path while FlopCounterMode watches (it registers global module hooks,
     # see `kernels.reference_enabled`), the paper's convention (fvcore on the released code): the fast path
     # computes the same function with slightly fewer MACs (its dynamic linear update is summed in the
     # rank-reduced space where that is cheaper), a property of the kernels, not of the model.
     with counter, torch.no_grad():
-        meta_model(x)
+        meta_model(*(_to_meta(a) for a in args))
     counts = counter.get_flop_counts()
     root = type(model).__name__
     by_module = {}
@@ -73,3 +79,11 @@ def count_macs(model: nn.Module, input_size: tuple[int, int, int], batch_size: i
             by_module[name[len(root) + 1 :]] = sum(ops.values()) // 2
     total = sum(counts["Global"].values()) // 2
     return MacCount(total=total, by_module=by_module)
+
+
+def _to_meta(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to("meta")
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_meta(v) for v in value)
+    return value
