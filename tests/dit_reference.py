@@ -19,6 +19,7 @@ from reference import (
     depthwise_conv_ref,
     dynamic_linear_ref,
     outer_product_update_ref,
+    release_dynamic_mixer_keys,
 )
 
 
@@ -171,19 +172,7 @@ def dit_release_state_dict(
         sd[p + "adaLN_modulation.1.weight"] = rnd(6 * d, d, scale=0.2)
         sd[p + "adaLN_modulation.1.bias"] = rnd(6 * d, scale=0.3)
         if (i + 2) % 3 == 0:
-            sd.update({
-                p + "dwc.w": rnd(d, 1, 3, 3, scale=0.3),
-                p + "dwc.b": rnd(d),
-                p + "dwc.wfm.0.weight": rnd(d, d, 1, 1, scale=0.3),
-                p + "dwc.wfm.0.bias": rnd(d),
-                p + "dwc.wfm.2.weight": rnd(d, d, 1, 1, scale=0.3),
-                p + "linear1.w": rnd(d, mlp),
-                p + "linear1.b": rnd(mlp),
-                p + "linear1.wfm.weight": rnd(d // 4 + d, d, scale=0.3),
-                p + "linear1.wfm.bias": rnd(d // 4 + d),
-                p + "linear1.w1": rnd(d // 4, d, scale=0.5),
-                p + "linear1.w2": rnd(d, mlp, scale=0.5),
-            })
+            sd.update(release_dynamic_mixer_keys(p, d, mlp, rnd))
         else:
             sd.update({
                 p + "dwc.weight": rnd(d, 1, 3, 3, scale=0.3),

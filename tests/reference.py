@@ -187,6 +187,25 @@ def release_forward_ref(sd: dict[str, torch.Tensor], images: torch.Tensor, patch
     return x @ sd["head.weight"].t() + sd["head.bias"]
 
 
+def release_dynamic_mixer_keys(prefix: str, c: int, hidden: int, rnd) -> dict[str, torch.Tensor]:
+    """A dynamic block's dynamic conv (`dwc.*`) and dynamic linear (`linear1.*`) in the release's key names,
+    C -> hidden, drawn by `rnd(*shape, scale=...)`; the classifier's and WeightFormer-DiT's dynamic blocks share
+    them (SPEC §4, §5)."""
+    return {
+        prefix + "dwc.w": rnd(c, 1, 3, 3, scale=0.3),
+        prefix + "dwc.b": rnd(c),
+        prefix + "dwc.wfm.0.weight": rnd(c, c, 1, 1, scale=0.3),
+        prefix + "dwc.wfm.0.bias": rnd(c),
+        prefix + "dwc.wfm.2.weight": rnd(c, c, 1, 1, scale=0.3),
+        prefix + "linear1.w": rnd(c, hidden),
+        prefix + "linear1.b": rnd(hidden),
+        prefix + "linear1.wfm.weight": rnd(c // 4 + c, c, scale=0.3),
+        prefix + "linear1.wfm.bias": rnd(c // 4 + c),
+        prefix + "linear1.w1": rnd(c // 4, c, scale=0.5),
+        prefix + "linear1.w2": rnd(c, hidden, scale=0.5),
+    }
+
+
 def release_state_dict(
     width: int, depth: int, num_classes: int = 1000, patch: int = 16, seed: int = 0, dtype=torch.float32
 ) -> dict[str, torch.Tensor]:
@@ -214,17 +233,7 @@ def release_state_dict(
                 {
                     p + "norm1.weight": 1 + rnd(c),
                     p + "norm1.bias": rnd(c),
-                    p + "dwc.w": rnd(c, 1, 3, 3, scale=0.3),
-                    p + "dwc.b": rnd(c),
-                    p + "dwc.wfm.0.weight": rnd(c, c, 1, 1, scale=0.3),
-                    p + "dwc.wfm.0.bias": rnd(c),
-                    p + "dwc.wfm.2.weight": rnd(c, c, 1, 1, scale=0.3),
-                    p + "linear1.w": rnd(c, hidden),
-                    p + "linear1.b": rnd(hidden),
-                    p + "linear1.wfm.weight": rnd(c // 4 + c, c, scale=0.3),
-                    p + "linear1.wfm.bias": rnd(c // 4 + c),
-                    p + "linear1.w1": rnd(c // 4, c, scale=0.5),
-                    p + "linear1.w2": rnd(c, hidden, scale=0.5),
+                    **release_dynamic_mixer_keys(p, c, hidden, rnd),
                 }
             )
         else:
