@@ -145,3 +145,71 @@ def test_inception_weights_are_never_downloaded(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "Inception weights are not cached at" in err and "or score with --classifier CKPT" in err
     assert not (tmp_path / "torch").exists()  # nothing fetched, nothing written
+
+
+def _random_inception_weights(path) -> None:
+    """torch-fidelity's Inception-v3 with random weights (He-normal convolutions, identity batch norms, a
+    large-logit head), saved where the real weights would be. A random deep network maps all images to nearly
+    the same features, so its Inception Score stays close to 1; the test compares IS - 1."""
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    with pytest.MonkeyPatch.context() as patch:  # build the network without loading any weights
+        patch.setattr(FeatureExtractorInceptionV3, "load_state_dict", lambda self, *a, **k: None)
+        torch.save({}, path.parent / "none.pth")
+        state = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
+                                            feature_extractor_weights_path=str(path.parent / "none.pth")).state_dict()
+    generator = torch.Generator().manual_seed(0)
+    for name, value in state.items():
+        if not value.dtype.is_floating_point:
+            continue
+        if name.endswith("running_var") or (name.endswith("weight") and value.ndim == 1):
+            value.fill_(1.0)
+        elif value.ndim == 1:
+            value.zero_()
+        else:
+            scale = 40.0 if name.startswith("fc.") else 1.0
+            value.copy_(torch.randn(value.shape, generator=generator) * scale * (2.0 / value[0].numel()) ** 0.5)
+    torch.save(state, path)
+
+
+@pytest.mark.slow  # two Inception-v3 passes over 2 x 12 images at 299 px on the CPU
+def test_inception_fid_and_is_match_torch_fidelity(tmp_path, monkeypatch):
+    """`weightformer dit fid` in Inception space (weights from the local hub cache) against torch-fidelity's own
+    calculate_metrics on the same images and weights: FID and IS to 1e-6 relative."""
+    torch_fidelity = pytest.importorskip("torch_fidelity")
+    from weightformer.tasks.generation.metrics import INCEPTION_WEIGHTS
+
+    weights = tmp_path / "torch" / "hub" / "checkpoints" / INCEPTION_WEIGHTS
+    weights.parent.mkdir(parents=True)
+    _random_inception_weights(weights)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    rng = np.random.default_rng(0)
+    samples = rng.integers(0, 256, (12, 21, 19, 3), dtype=np.uint8)
+    reference = (samples // 2 + rng.integers(0, 128, samples.shape)).astype(np.uint8)
+    np.savez(tmp_path / "samples.npz", samples)
+    (tmp_path / "ref").mkdir()
+    for i, image in enumerate(reference):
+        Image.fromarray(image).save(tmp_path / "ref" / f"{i:02d}.png")
+    assert main(["dit", "fid", str(tmp_path / "samples.npz"), str(tmp_path / "ref"), "--splits", "3",
+                 "--json", str(tmp_path / "fid.json")]) == 0
+    ours = json.loads((tmp_path / "fid.json").read_text())
+
+    class Images(torch.utils.data.Dataset):  # torch-fidelity's input: uint8 (3, H, W) tensors
+        def __init__(self, images):
+            self.images = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+
+        def __len__(self):
+            return len(self.images)
+
+        def __getitem__(self, i):
+            return self.images[i]
+
+    theirs = torch_fidelity.calculate_metrics(
+        input1=Images(samples), input2=Images(reference), fid=True, isc=True, isc_splits=3, samples_shuffle=False,
+        cuda=False, cache=False, verbose=False, save_cpu_ram=True, feature_extractor_weights_path=str(weights))
+    assert ours["space"] == "Inception-v3" and ours["samples"] == ours["reference"] == 12
+    assert ours["fid"] == pytest.approx(theirs["frechet_inception_distance"], rel=1e-6)
+    assert ours["fid"] > 1.0  # the two sets differ, and random features see it
+    assert ours["is"] - 1 == pytest.approx(theirs["inception_score_mean"] - 1, rel=1e-4)
+    assert ours["is_std"] == pytest.approx(theirs["inception_score_std"], rel=1e-4, abs=1e-9)
+    assert ours["is"] > 1.001  # the softmax depends on the image
