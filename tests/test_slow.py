@@ -50,8 +50,9 @@ def test_the_embedded_detection_default_reaches_the_ap50_thresholds(tmp_path):
 
 @pytest.mark.slow
 def test_the_embedded_generation_default_draws_recognisable_classes(tmp_path):
-    # `weightformer dit train` with no arguments: a 0.65 M-parameter WeightFormer-DiT on 3 classes of coloured
-    # shapes (16 px), then a classifier trained on the real images judges 150 guided samples. Chance is 33 %.
+    # `weightformer dit train` with no arguments: a 0.65 M-parameter WeightFormer-DiT on 3 classes of shapes
+    # (16 px; random colours, equal areas: only the shape tells the class), then a classifier trained on the real
+    # images judges 150 guided samples. Chance is 33 %.
     done = subprocess.run([sys.executable, "-m", "weightformer", "dit", "train", "--output-dir", str(tmp_path),
                            "--progress", "false"], capture_output=True, text=True, timeout=3600, env={**os.environ})
     assert done.returncode == 0, done.stderr[-3000:]

@@ -15,6 +15,7 @@ to a temporary folder and renamed into place, so a crash mid-way never leaves a 
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import shutil
@@ -23,8 +24,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-__all__ = ["SHAPES", "CLASS_NAMES", "CENTRED_CLASS_NAMES", "KINDS", "VERSION", "default_cache_root", "render_example",
-           "render_centred_shape", "make_synthetic_dataset", "dataset_folder"]
+__all__ = ["SHAPES", "CLASS_NAMES", "KINDS", "VERSION", "default_cache_root", "render_example", "render_plain_shape",
+           "make_synthetic_dataset", "dataset_folder"]
 
 # Bump when the images a seed produces change, so old caches are not reused.
 VERSION = 3
@@ -74,30 +75,32 @@ def render_example(label: int, image_size: int, rng: random.Random) -> Image.Ima
     return image.resize((image_size, image_size), Image.Resampling.BOX)
 
 
-CENTRED_CLASS_NAMES = ("red-circle", "green-square", "blue-triangle")
+# Size factors that give the three shapes of _draw_shape the same area (circle pi r^2, square 3.24 r^2, triangle
+# 2.2 r^2), so that no pixel count or colour histogram tells a "shapes" class.
+_EQUAL_AREA = {"circle": 1.0, "square": (math.pi / 3.24) ** 0.5, "triangle": (math.pi / 2.2) ** 0.5}
 
 
-def render_centred_shape(label: int, image_size: int, rng: random.Random) -> Image.Image:
-    """One RGB image of kind "coloured-shapes": one large shape near the centre, its shape and hue given by the
-    class (red circle, green square, blue triangle).
-
-    The generation task's embedded data: 3 classes a small pixel-space DiT learns on a CPU in minutes and a
-    classifier tells apart in its samples. The class's colour channel is bright (200-255), the two others
-    mid (40-150), the background dark (0-60 in each channel); size (55-75 % of the side) and a small offset of
-    the centre (up to 8 % of the side) are random.
+def render_plain_shape(label: int, image_size: int, rng: random.Random) -> Image.Image:
+    """One RGB image of kind "shapes": one large light shape near the centre on a dark background, the shape
+    given by the class (circle, square, triangle) and nothing else. Colours (shape 150-255, background 0-70 in
+    each channel), size (a circle of 64-70 % of the side, the others of the same area) and a small offset of the
+    centre (up to 4 % of the side) are drawn at random, independently of the class. The generation task's
+    embedded data: a classifier can tell a model's samples apart by their shape alone, so its judgement measures
+    whether the model draws the class's shape.
     """
     s = image_size * _SUPERSAMPLE
-    image = Image.new("RGB", (s, s), _random_colour(rng, 0, 60))
-    colour = list(_random_colour(rng, 40, 150))
-    colour[label] = rng.randrange(200, 256)
-    size = rng.uniform(0.55, 0.75) * s
-    cx, cy = (s / 2 + rng.uniform(-0.08, 0.08) * s for _ in range(2))
-    _draw_shape(ImageDraw.Draw(image), SHAPES[label], cx, cy, size, tuple(colour))
+    image = Image.new("RGB", (s, s), _random_colour(rng, 0, 70))
+    shape = SHAPES[label]
+    size = rng.uniform(0.64, 0.70) * s * _EQUAL_AREA[shape]
+    cx, cy = (s / 2 + rng.uniform(-0.04, 0.04) * s for _ in range(2))
+    if shape == "triangle":
+        cy += 0.1 * size / 2  # its extents about the centre: 1.1 r above, 0.9 r below; centre them
+    _draw_shape(ImageDraw.Draw(image), shape, cx, cy, size, _random_colour(rng, 150, 256))
     return image.resize((image_size, image_size), Image.Resampling.BOX)
 
 
-# kind -> (class names, renderer): "shape-pairs" for classification, "coloured-shapes" for generation.
-KINDS = {"shape-pairs": (CLASS_NAMES, render_example), "coloured-shapes": (CENTRED_CLASS_NAMES, render_centred_shape)}
+# kind -> (class names, renderer): "shape-pairs" for classification, "shapes" for generation.
+KINDS = {"shape-pairs": (CLASS_NAMES, render_example), "shapes": (SHAPES, render_plain_shape)}
 
 
 def make_synthetic_dataset(
@@ -115,7 +118,7 @@ def make_synthetic_dataset(
         seed: seed of the generator; the same seed gives the same images.
         image_size: side of the square images in pixels.
         train_per_class / val_per_class: images per class in each split.
-        kind: "shape-pairs" (9 classes, "which shape is left of which") or "coloured-shapes" (3 classes).
+        kind: "shape-pairs" (9 classes, "which shape is left of which") or "shapes" (3: circle, square, triangle).
     """
     if kind not in KINDS:
         raise ValueError(f"Unknown synthetic dataset kind {kind!r}; choose from {', '.join(KINDS)}.")
