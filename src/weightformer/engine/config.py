@@ -62,7 +62,8 @@ class EngineConfig:
     # -- optimisation -----------------------------------------------------------------------------------------
     epochs: int = 300
     warmup_epochs: float = 20
-    batch_size: int = 256  # per process; the global batch is batch_size x world size
+    batch_size: int = 256  # per process; the global batch is batch_size x world size x accum_steps
+    accum_steps: int = 1  # micro-batches of batch_size accumulated into one optimiser step
     lr: float | None = None  # absolute peak lr; None: base_lr scaled by global batch / base_batch_size
     base_lr: float = 5e-4
     base_batch_size: int = 512
@@ -81,6 +82,7 @@ class EngineConfig:
     amp_dtype: str = "float16"  # "float16" (with a grad scaler) or "bfloat16"
     model_ema: bool = False
     model_ema_decay: float = 0.9998
+    grad_checkpointing: bool = free(False)  # recompute activations in the backward pass (timm's convention)
 
     # -- bookkeeping ------------------------------------------------------------------------------------------
     log_interval: int = free(50)  # steps between metrics lines
