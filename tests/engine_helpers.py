@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import Dataset
 
-from weightformer.engine import Datasets, EngineConfig, Task, Unreadable, free
+from weightformer.engine import Datasets, EngineConfig, Mean, Task, Unreadable, free
 
 
 class NumberDataset(Dataset):
@@ -84,16 +84,9 @@ class NumbersTask(Task):
         self.output_dtypes.append(out.dtype)
         return (out.float() - y).pow(2).mean()
 
-    @torch.no_grad()
-    def evaluate(self, model, loader, d, amp_dtype) -> dict[str, float]:
-        from weightformer.engine import all_reduce_sum
+    def validation_metrics(self) -> dict[str, Mean]:
+        return {"loss": Mean("loss")}
 
-        total, count, skipped = 0.0, 0, 0
-        for collated in loader:
-            skipped += len(collated.skipped)
-            if collated.batch is not None:
-                _, x, y = collated.batch
-                total += (model(x) - y).pow(2).sum().item()
-                count += len(x)
-        total, count, skipped = all_reduce_sum([total, count, skipped], d)
-        return {"loss": total / count, "skipped_samples": int(skipped)}
+    def validation_step(self, model, batch, metrics) -> None:
+        _, x, y = batch
+        metrics["loss"].update((model(x) - y).pow(2).sum(dim=1))

@@ -10,8 +10,9 @@ import torch
 import torch.nn as nn
 
 from train_helpers import tiny_dataset
+from weightformer.engine import Dist, evaluate
 from weightformer.engine.data import Collated, EpochSampler, make_loader
-from weightformer.tasks.classification import evaluate, make_synthetic_dataset
+from weightformer.tasks.classification import ClassifierValidation, make_synthetic_dataset
 from weightformer.tasks.classification.data import FolderDataset, check_splits, collate_images, eval_transform
 from weightformer.tasks.classification.synthetic import CLASS_NAMES
 
@@ -113,7 +114,7 @@ def test_evaluate_matches_hand_computed_accuracy():
     # image 4 (value at centre 5) ranks class 0 last -> target 2 is in; image 5 (at centre 0) ranks 5 last -> out.
     images = values[:, None, None, None].expand(6, 3, 4, 4)
     loader = [Collated((images[:4], targets[:4]), 4, [], 0), Collated((images[4:], targets[4:]), 2, [], 0)]
-    metrics = evaluate(_RedClassifier(6), loader)
+    metrics = evaluate(ClassifierValidation(), _RedClassifier(6), loader, Dist())
     assert metrics["top1"] == pytest.approx(50.0)
     assert metrics["top5"] == pytest.approx(100 * 5 / 6)
     assert metrics["images"] == 6

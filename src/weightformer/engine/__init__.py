@@ -1,4 +1,5 @@
-"""The training engine: one loop (DDP, precision, EMA, checkpoints, resumption, logging, signals) for every task.
+"""The training engine: one loop (DDP, precision, accumulation, EMA, checkpoints, resumption, logging, signals,
+evaluation) for every task.
 
     from weightformer.engine import Engine
     from weightformer.tasks.classification import ClassificationTask, load_config
@@ -8,14 +9,21 @@
 from .config import EngineConfig, free, resume_differences
 from .data import Collated, EpochSampler, Unreadable, make_loader, warn_skipped
 from .distributed import Dist, all_reduce_sum
-from .loop import Engine, fit, resolve_run_dir
+from .evaluation import evaluate
+from .loop import Engine, fit
+from .metrics import Mean, Metric
 from .optim import build_optimizer, build_scheduler, peak_lr
+from .run import Position, resolve_run_dir
 from .task import Datasets, Task
 
 __all__ = [
     "Engine",
     "fit",
     "Task",
+    "evaluate",
+    "Metric",
+    "Mean",
+    "Position",
     "Datasets",
     "EngineConfig",
     "free",

@@ -14,7 +14,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["Dist", "setup_distributed", "broadcast_object", "all_reduce_sum", "gather_objects", "check_in_sync"]
+__all__ = ["Dist", "setup_distributed", "broadcast_object", "all_reduce_sum", "all_reduce_tensor", "gather_objects",
+           "check_in_sync"]
 
 
 @dataclass
@@ -72,6 +73,15 @@ def all_reduce_sum(values: list[float], d: Dist) -> list[float]:
     tensor = torch.tensor(values, dtype=torch.float64, device=d.device)
     dist.all_reduce(tensor)
     return tensor.tolist()
+
+
+def all_reduce_tensor(tensor: torch.Tensor, d: Dist) -> torch.Tensor:
+    """The element-wise sum of `tensor` over all ranks (a new tensor; on the CPU under gloo, on the GPU under nccl)."""
+    if d.world_size == 1:
+        return tensor
+    tensor = tensor.to(d.device, copy=True)
+    dist.all_reduce(tensor)
+    return tensor
 
 
 def gather_objects(value: Any, d: Dist) -> list[Any]:

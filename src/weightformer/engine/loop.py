@@ -1,21 +1,21 @@
 """The training engine: one loop for every task, on one process or many (DistributedDataParallel).
 
-`Engine(task).fit()` runs a task (see task.py) from start to finish, or from where it stopped. Read top to
-bottom: the run folder and the checkpoint to resume from (decided by rank 0, broadcast to all), data, model,
-optimiser and schedule, the epoch loop, evaluation, checkpoints. Launch with `weightformer train`, or
-`torchrun --nproc_per_node=N -m weightformer train ...` (torchrun's RANK / WORLD_SIZE / LOCAL_RANK
-environment is all it needs).
+`Engine(task).fit()` runs a task (see task.py) from start to finish, or from where it stopped. Launch with
+`weightformer CMD train`, or `torchrun --nproc_per_node=N -m weightformer CMD train ...` (torchrun's RANK /
+WORLD_SIZE / LOCAL_RANK environment is all it needs). `fit` reads top to bottom: the run folder and the checkpoint
+to resume from (run.py), data, model, optimiser and schedule, then `train_one_epoch` and `end_epoch` (evaluation,
+checkpoint) for each epoch.
 
 What the engine guarantees, whatever the task:
-- Positions are counted in samples: a run resumed with another number of processes or another batch size
+- Positions are counted in samples: a run resumed with another number of processes, batch size or accumulation
   continues at the same sample of the same epoch (and the schedule at the same fraction of training).
-- A resumption never silently changes a run: the saved config is compared with the new one, and a difference in
-  anything that defines the run stops it, unless named in `resume_override` (then the new value really applies).
-- Rank 0 alone reads the file system for the run folder and the checkpoint and broadcasts what it found, so
-  nodes without a shared file system resume the same state; a start-up error on any rank stops every rank.
+- One optimiser step is `accum_steps` micro-batches of `batch_size` on every process: the same update as one
+  batch of accum_steps x batch_size (DDP synchronises the gradients on the last micro-batch only). The schedule,
+  the logs and the checkpoints count optimiser steps, and a checkpoint is only ever written between two of them.
+- A resumption never silently changes a run (run.py); a start-up error on any rank stops every rank.
 - SIGTERM / SIGUSR1 write a checkpoint at the next step boundary and end the run cleanly (`preempted`).
-- Unreadable samples and samples a task drops are counted over all ranks, logged and saved; a step that every
-  rank skips still counts, so a checkpoint that falls due then is written.
+- Unreadable samples and samples a task drops are counted over all ranks, logged and saved; a step that a rank
+  has nothing to train on is skipped by every rank but still counts, so a checkpoint that falls due then is written.
 - EMA weights are built after DDP has given every rank rank 0's weights: the same EMA model on every rank.
 """
 
@@ -26,9 +26,8 @@ import math
 import os
 import random
 import time
+from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,26 +37,26 @@ import yaml
 from timm.utils import ModelEmaV3, dispatch_clip_grad
 from torch.nn.parallel import DistributedDataParallel
 
-from .checkpoint import CheckpointDir, read_training_checkpoint, rng_state, set_rng_state
-from .config import RESUME_OVERRIDE_ALL, EngineConfig, resume_differences
+from .config import EngineConfig
 from .data import Collated, EpochSampler, make_loader, warn_skipped
-from .distributed import (
-    Dist,
-    all_reduce_sum,
-    broadcast_object,
-    check_in_sync,
-    gather_objects,
-    setup_distributed,
-    teardown_distributed,
-)
+from .distributed import Dist, all_reduce_sum, check_in_sync, gather_objects, setup_distributed, teardown_distributed
+from .evaluation import autocast, evaluate, to_device
 from .logging import MetricsLog, progress_bar
-from .optim import build_optimizer, build_scheduler, hyperparameters, peak_lr, restore_hyperparameters
+from .optim import build_optimizer, build_scheduler, peak_lr
 from .preemption import PreemptionFlag
-from .task import Task
+from .run import (
+    COUNTERS,
+    Position,
+    Run,
+    on_every_rank,
+    open_run,
+    resolve_run_dir,
+    restore_training_state,
+    training_state,
+)
+from .task import Datasets, Task
 
 __all__ = ["Engine", "resolve_run_dir", "fit"]
-
-COUNTERS = ("skipped_samples", "dropped_samples")
 
 
 def fit(task: Task) -> dict[str, Any]:
@@ -65,118 +64,86 @@ def fit(task: Task) -> dict[str, Any]:
     return Engine(task).fit()
 
 
-#################################################################################
-#                         Run folder and resume point                           #
-#################################################################################
+class Meter:
+    """Running sums of the loss (and its named parts) over optimiser steps, for one log line or one epoch."""
+
+    def __init__(self) -> None:
+        self.loss, self.steps, self.parts, self.start = 0.0, 0, {}, time.perf_counter()
+
+    def add(self, loss: float, parts: dict[str, float]) -> None:
+        self.loss, self.steps = self.loss + loss, self.steps + 1
+        for name, value in parts.items():
+            self.parts[name] = self.parts.get(name, 0.0) + value
 
 
-def resolve_run_dir(cfg: EngineConfig) -> Path:
-    """Where the run writes: <output_dir>/<run_name>, or -2, -3, ... when that folder exists.
-
-    A run folder that exists is never written into by a fresh run. With resume="auto" the newest existing run of
-    the name that holds a checkpoint is continued; with a checkpoint path, the run that holds it.
-    """
-    if cfg.resume not in (None, "auto"):
-        path = Path(cfg.resume).resolve()
-        if path.parent.name == "checkpoints":
-            return path.parent.parent
-    base, name = Path(cfg.output_dir), cfg.run_name or cfg.recipe
-
-    def candidate(i: int) -> Path:
-        return base / (name if i == 1 else f"{name}-{i}")
-
-    i, resumable = 1, None
-    while candidate(i).exists():
-        if CheckpointDir(candidate(i) / "checkpoints").latest() is not None:
-            resumable = candidate(i)
-        i += 1
-    if cfg.resume == "auto" and resumable is not None:
-        return resumable
-    return candidate(i)
-
-
-def _locate(cfg: EngineConfig) -> tuple[Path, Path | None, dict[str, Any] | None]:
-    """(run folder, checkpoint to resume from, its contents): rank 0's view of the file system."""
-    run_dir = resolve_run_dir(cfg)
-    if cfg.resume is None:
-        return run_dir, None, None
-    source = CheckpointDir(run_dir / "checkpoints").latest() if cfg.resume == "auto" else Path(cfg.resume)
-    if source is None:
-        return run_dir, None, None  # resume auto, nothing to resume: a fresh run
-    return run_dir, source, read_training_checkpoint(source)
-
-
-def _on_every_rank(fn, d: Dist, what: str) -> Any:
-    """Run `fn` on every rank; if it fails on any, raise on all (no rank is left waiting in a collective)."""
-    if d.world_size == 1:
-        return fn()
-    try:
-        result, error = fn(), None
-    except Exception as exc:  # reported to every rank below, then raised everywhere
-        result, error = None, f"{type(exc).__name__}: {exc}"
-    errors = [(rank, e) for rank, e in enumerate(gather_objects(error, d)) if e]
-    if errors:
-        raise ValueError(f"{what} failed on " + "; ".join(f"rank {rank}: {e}" for rank, e in errors))
-    return result
-
-
-def _check_resume(state: dict[str, Any], source: Path, cfg: EngineConfig, d: Dist) -> dict[str, tuple]:
-    """Raise unless every run-defining change since the checkpoint is named in resume_override."""
-    saved_world_size = state.get("world_size", len(state.get("rng", [None])))
-    changes = resume_differences(state["config"], cfg, saved_world_size, d.world_size)
-    allowed = set(cfg.resume_override)
-    refused = {k: v for k, v in changes.items() if RESUME_OVERRIDE_ALL not in allowed and k not in allowed}
-    if refused:
-        listed = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in refused.items())
-        raise ValueError(
-            f"Resuming from {source} would change the run: {listed}. Resume with the saved values, or pass "
-            f"--resume-override {','.join(refused)} (or all) to continue with the new ones.")
-    return changes
-
-
-#################################################################################
-#                                    Engine                                     #
-#################################################################################
-
-
-@dataclass
-class Position:
-    """Where training stands: epoch, samples of that epoch consumed (all ranks), optimiser steps so far."""
-
-    epoch: int = 0
-    samples_in_epoch: int = 0
-    step: int = 0
+def _steps(loader: Iterable[Collated], accum_steps: int) -> Iterator[list[Collated]]:
+    """The loader's micro-batches grouped by optimiser step (the sampler holds whole steps only)."""
+    group = []
+    for collated in loader:
+        group.append(collated)
+        if len(group) == accum_steps:
+            yield group
+            group = []
 
 
 class Engine:
-    """Runs a Task: distribution, precision, EMA, clipping, checkpoints, resumption, logging, progress, signals."""
+    """Runs a Task: distribution, precision, accumulation, EMA, clipping, checkpoints, resumption, logging,
+    progress, signals and evaluation."""
 
     def __init__(self, task: Task) -> None:
         self.task, self.cfg = task, task.cfg
+        cfg: EngineConfig = task.cfg
+        # Set up by fit(), in this order.
+        self.d: Dist = Dist()
+        self.run: Run | None = None  # the run folder, and the checkpoint being resumed
+        self.data: Datasets | None = None
+        self.global_batch = cfg.batch_size * cfg.accum_steps  # samples per optimiser step, all processes
+        self.train_sampler: EpochSampler | None = None
+        self.steps_per_epoch = 0  # optimiser steps
+        self.val_loader = None
+        self.pin = False
+        self.model: nn.Module | None = None  # the bare model: what is saved and evaluated
+        self.ddp: DistributedDataParallel | None = None  # its DDP wrapper, with several processes
+        self.train_model: nn.Module | None = None  # what a step calls: the model, DDP-wrapped and/or compiled
+        self.ema: ModelEmaV3 | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler = None
+        self.scaler: torch.amp.GradScaler | None = None
+        self.lr = 0.0
+        self.amp_dtype: torch.dtype | None = None
+        # Training state: position, best validation value, counters (saved ones + this session's on this rank).
+        self.pos = Position()
+        self.best: float | None = None
+        self.counts_saved = dict.fromkeys(COUNTERS, 0)
+        self.counts_local = dict.fromkeys(COUNTERS, 0)
+        self.epoch_meter, self.log_meter = Meter(), Meter()
+        self.metrics: dict[str, Any] = {}
+        self.log: MetricsLog | None = None
+        self.preemption: PreemptionFlag | None = None
 
     def fit(self) -> dict[str, Any]:
-        d = setup_distributed(self.cfg.device)
+        self.d = setup_distributed(self.cfg.device)
         try:
             with PreemptionFlag() as self.preemption:
-                return self._fit(d)
+                return self._fit()
         finally:
-            teardown_distributed(d)
+            teardown_distributed(self.d)
 
-    def _fit(self, d: Dist) -> dict[str, Any]:
-        self.d = d
+    def _fit(self) -> dict[str, Any]:
+        d = self.d
         self._seed_and_threads()
-        state = self._open_run()
+        self.run = open_run(self.cfg, d)
         self._build_data()
-        self._build_training(state)
+        self._build_training()
         self._write_run_folder()
         self._announce()
         try:
             for epoch in range(self.pos.epoch, self.cfg.epochs):
-                if not self._train_epoch(epoch):
+                if not self.train_one_epoch(epoch):
                     return self._stopped()  # mid-epoch: its checkpoint is written
-                self._end_epoch(epoch)
+                self.end_epoch(epoch)
             best_weights = self.ema.module if self.ema is not None else self.model  # the EMA when there is one
-            _on_every_rank(lambda: self.task.report(best_weights, self.run_dir, self.cfg.epochs, d), d, "report")
+            on_every_rank(lambda: self.task.report(best_weights, self.run.run_dir, self.cfg.epochs, d), d, "report")
             return self._result(preempted=False)
         finally:
             self.log.close()
@@ -197,54 +164,29 @@ class Engine:
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
 
-    def _open_run(self) -> dict[str, Any] | None:
-        """Rank 0 picks the run folder and reads the checkpoint to resume from; every rank gets both."""
-        cfg, d = self.cfg, self.d
-        found = None
-        if d.primary:
-            try:
-                found = ("ok", *_locate(cfg))
-            except (ValueError, OSError) as error:
-                found = ("error", str(error))
-        found = broadcast_object(found, d)
-        if found[0] == "error":
-            raise ValueError(found[1])
-        _, self.run_dir, source, state = found
-        self.changes = _check_resume(state, source, cfg, d) if state is not None else {}
-        self.resumed_from = source if state is not None else None
-        self.checkpoints = CheckpointDir(self.run_dir / "checkpoints", keep=cfg.keep_checkpoints)
-        return state
-
-    def _write_run_folder(self) -> None:
-        """Create the run folder once everything has been built: a run that fails to start leaves nothing."""
-        if self.d.primary:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
-        self.log = MetricsLog(self.run_dir, self.d.primary, self.cfg.tensorboard)
-
     def _build_data(self) -> None:
         cfg, d, task = self.cfg, self.d, self.task
         # Generate or download once per node; the others wait (the error check is a barrier), then read.
-        _on_every_rank(task.prepare_data if d.local_rank == 0 else (lambda: None), d, "Preparing the data")
-        self.data = _on_every_rank(lambda: task.build_datasets(d), d, "Building the datasets")
-        self.global_batch = cfg.batch_size * d.world_size
+        on_every_rank(task.prepare_data if d.local_rank == 0 else (lambda: None), d, "Preparing the data")
+        self.data = on_every_rank(lambda: task.build_datasets(d), d, "Building the datasets")
+        self.global_batch = cfg.batch_size * cfg.accum_steps * d.world_size
+        # The sampler cuts each epoch to whole optimiser steps; the loader hands out micro-batches of batch_size.
         self.train_sampler = EpochSampler(len(self.data.train), shuffle=True, seed=cfg.seed, rank=d.rank,
-                                          world_size=d.world_size, batch_size=cfg.batch_size)
+                                          world_size=d.world_size, batch_size=cfg.batch_size * cfg.accum_steps)
         self.steps_per_epoch = self.train_sampler.steps()
         if self.steps_per_epoch == 0:
-            raise ValueError(f"batch_size {cfg.batch_size} x {d.world_size} processes is more than the "
-                             f"{len(self.data.train)} training samples.")
+            raise ValueError(f"batch_size {cfg.batch_size} x accum_steps {cfg.accum_steps} x {d.world_size} "
+                             f"processes is more than the {len(self.data.train)} training samples.")
         self.pin = d.device.type == "cuda" and cfg.pin_memory
-        self.val_loader = None
         if self.data.val is not None:
             sampler = EpochSampler(len(self.data.val), shuffle=False, rank=d.rank, world_size=d.world_size)
             self.val_loader = make_loader(self.data.val, sampler, cfg.batch_size, cfg.workers,
                                           functools.partial(task.collate, train=False), self.pin)
 
-    def _build_training(self, state: dict[str, Any] | None) -> None:
+    def _build_training(self) -> None:
         """Model, optimiser, schedule, scaler; then the checkpoint's state; then DDP, EMA and compilation."""
-        cfg, d = self.cfg, self.d
-        model = _on_every_rank(self.task.build_model, d, "Building the model")
+        cfg, d, state = self.cfg, self.d, self.run.state
+        model = on_every_rank(self.task.build_model, d, "Building the model")
         if d.world_size > 1 and d.device.type == "cuda":  # batch statistics over the global batch (CUDA only)
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model.to(d.device)
@@ -255,121 +197,107 @@ class Engine:
             raise ValueError(f"amp_dtype must be float16 or bfloat16, not {cfg.amp_dtype!r}.")
         self.amp_dtype = getattr(torch, cfg.amp_dtype) if cfg.amp else None
         self.scaler = torch.amp.GradScaler(d.device.type, enabled=self.amp_dtype == torch.float16)
-        self.pos, self.best, self.counts_saved = Position(), None, dict.fromkeys(COUNTERS, 0)
         if state is not None:
-            self._load_state(state)
+            self.pos = restore_training_state(state, self.model, self.optimizer, self.scaler, cfg, d)
+            self.best = state.get("best")
+            self.counts_saved = {k: state.get("counts", {}).get(k, 0) for k in COUNTERS}
         # DDP broadcasts rank 0's parameters and buffers; the EMA copy is taken after, so it is the same everywhere.
-        self.train_model = DistributedDataParallel(
-            self.model, device_ids=[d.device] if d.device.type == "cuda" else None) if d.world_size > 1 else self.model
+        if d.world_size > 1:
+            self.ddp = DistributedDataParallel(self.model, device_ids=[d.device] if d.device.type == "cuda" else None)
+        self.train_model = self.ddp or self.model
         self.ema = ModelEmaV3(self.model, decay=cfg.model_ema_decay) if cfg.model_ema else None
         if self.ema is not None and state is not None and state.get("ema") is not None:
             self.ema.load_state_dict(state["ema"])
         if cfg.compile:
             self.train_model = torch.compile(self.train_model, backend=cfg.compile_backend)
-        self.counts_local = dict.fromkeys(COUNTERS, 0)
         self._set_schedule()
 
-    def _load_state(self, state: dict[str, Any]) -> None:
-        cfg, d = self.cfg, self.d
-        self.model.load_state_dict(state["model"])
-        fresh = hyperparameters(self.optimizer)
-        self.optimizer.load_state_dict(state["optimizer"])
-        restore_hyperparameters(self.optimizer, fresh)  # the config's lr, betas, decay: overrides really apply
-        self.scaler.load_state_dict(state["scaler"])
-        saved_world_size = state.get("world_size", len(state["rng"]))
-        samples = state.get("samples_in_epoch", state.get("batch_in_epoch", 0) * state["config"]["batch_size"]
-                            * saved_world_size)
-        self.pos = Position(state["epoch"], samples, state["step"])
-        self.best = state.get("best")
-        self.counts_saved = {k: state.get("counts", {}).get(k, 0) for k in COUNTERS}
-        if saved_world_size == d.world_size:
-            set_rng_state(state["rng"][d.rank])  # each process continues its own streams (drop-path, mixup)
-        else:  # a new process layout: fresh streams, still reproducible from the seed and position
-            seed = cfg.seed + 1_000_003 * (self.pos.step + 1) + d.rank
-            torch.manual_seed(seed), random.seed(seed), np.random.seed(seed % 2**32)
+    def _write_run_folder(self) -> None:
+        """Create the run folder once everything has been built: a run that fails to start leaves nothing."""
+        run_dir = self.run.run_dir
+        if self.d.primary:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+        self.log = MetricsLog(run_dir, self.d.primary, self.cfg.tensorboard)
+
+    def _announce(self) -> None:
+        cfg, run = self.cfg, self.run
+        n_params = sum(p.numel() for p in self.model.parameters())
+        accum = f" ({cfg.accum_steps} micro-batches of {cfg.batch_size} per process)" if cfg.accum_steps > 1 else ""
+        self._say(f"Run {run.run_dir}: {n_params / 1e6:.2f} M parameters; {self.data.description}; "
+                  f"{self.d.world_size} process(es) on {self.d.device.type}, global batch {self.global_batch}{accum}, "
+                  f"peak lr {self.lr:.3g}, {self.steps_per_epoch} steps per epoch.")
+        if self.pos.epoch >= cfg.epochs:
+            self._say(f"Nothing to train: {run.run_dir} has finished its {cfg.epochs} epochs (to train longer, "
+                      "resume with a larger --epochs and --resume-override epochs).")
+        if run.resumed_from is not None:
+            changed = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in run.changes.items())
+            self._say(f"Resumed from {run.resumed_from}: epoch {self.pos.epoch + 1}, sample "
+                      f"{self.pos.samples_in_epoch} of the epoch, step {self.pos.step}"
+                      + (f"; with new values {changed}" if changed else "") + ".")
 
     def _set_schedule(self) -> None:
         """Point the schedule at the current position, measured in samples (valid across batch/world changes)."""
         done = self.pos.epoch * self.steps_per_epoch + self.pos.samples_in_epoch // self.global_batch
         self.scheduler.step_update(num_updates=done)
 
-    def _announce(self) -> None:
-        if not self.d.primary:
-            return
-        n_params = sum(p.numel() for p in self.model.parameters())
-        print(f"Run {self.run_dir}: {n_params / 1e6:.2f} M parameters; {self.data.description}; "
-              f"{self.d.world_size} process(es) on {self.d.device.type}, global batch {self.global_batch}, "
-              f"peak lr {self.lr:.3g}, {self.steps_per_epoch} steps per epoch.", flush=True)
-        if self.pos.epoch >= self.cfg.epochs:
-            print(f"Nothing to train: {self.run_dir} has finished its {self.cfg.epochs} epochs (to train longer, "
-                  "resume with a larger --epochs and --resume-override epochs).", flush=True)
-        if self.resumed_from is not None:
-            changed = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in self.changes.items())
-            print(f"Resumed from {self.resumed_from}: epoch {self.pos.epoch + 1}, sample {self.pos.samples_in_epoch}"
-                  f" of the epoch, step {self.pos.step}" + (f"; with new values {changed}" if changed else "") + ".",
-                  flush=True)
-
     # -- training ---------------------------------------------------------------------------------------------
 
-    def _train_epoch(self, epoch: int) -> bool:
+    def train_one_epoch(self, epoch: int) -> bool:
         """Train one epoch from the current position; False when stopped mid-epoch by a signal."""
-        cfg, d = self.cfg, self.d
+        cfg = self.cfg
         self.train_model.train()
-        start = self.pos.samples_in_epoch
-        self.train_sampler.set_epoch(epoch, start)
+        self.train_sampler.set_epoch(epoch, self.pos.samples_in_epoch)
         loader = make_loader(self.data.train, self.train_sampler, cfg.batch_size, cfg.workers,
                              functools.partial(self.task.collate, train=True), self.pin)
-        bar = progress_bar(self.steps_per_epoch, self.steps_per_epoch - self.train_sampler.steps(start),
-                           f"epoch {epoch + 1}/{cfg.epochs}", d.primary and cfg.progress)
-        self.epoch_loss, self.interval_loss, self.tick = [0.0, 0], [0.0, 0], time.perf_counter()
-        self.interval_parts: dict[str, float] = {}
-        self.epoch_start = time.perf_counter()
+        remaining = self.train_sampler.steps(self.pos.samples_in_epoch)
+        bar = progress_bar(self.steps_per_epoch, self.steps_per_epoch - remaining, f"epoch {epoch + 1}/{cfg.epochs}",
+                           self.d.primary and cfg.progress)
+        self.epoch_meter, self.log_meter = Meter(), Meter()
         try:
-            for collated in loader:
-                if not self._train_step(epoch, collated, bar):
-                    self._save()  # at the boundary before this step: its batch is read again on resumption
+            for micro_batches in _steps(loader, cfg.accum_steps):
+                if not self.train_step(micro_batches):
+                    self._save()  # at the boundary before this step: its batches are read again on resumption
                     return False
+                if bar is not None:
+                    bar.update()
+                self._after_step(epoch, bar)
         finally:
             if bar is not None:
                 bar.close()
         return True
 
-    def _train_step(self, epoch: int, collated: Collated, bar) -> bool:
-        """One step (or one that every rank skips), then the logging and checkpoint that fall due.
+    def train_step(self, micro_batches: list[Collated]) -> bool:
+        """One optimiser step over `micro_batches` (skipped by every rank when one rank has nothing to train on).
 
-        Returns False, without training, when a stop signal has reached any rank since the previous step.
-        """
-        empty, stop = self._sync_flags(collated.batch is None, self.preemption.requested)
+        Returns False, without training, when a stop signal has reached any rank since the previous step."""
+        batches = [c.batch for c in micro_batches if c.batch is not None]
+        empty, stop = self._sync_flags(not batches, self.preemption.requested)
         if stop:
             return False
-        self._count(collated)
+        for collated in micro_batches:
+            self._count(collated)
         if not empty:
-            self._optimise(collated.batch)
+            self._optimise(batches)
         self.pos.samples_in_epoch += self.global_batch
         self.pos.step += 1
         self._set_schedule()  # a skipped step uses up its place in the schedule too
-        if bar is not None:
-            bar.update()
-        if self.pos.step % self.cfg.log_interval == 0:
-            self._log_interval(epoch, bar)
-        end_of_epoch = self.train_sampler.steps(self.pos.samples_in_epoch) == 0
-        if self.cfg.checkpoint_interval and self.pos.step % self.cfg.checkpoint_interval == 0 and not end_of_epoch:
-            self._save()
         return True
 
-    def _stopped(self) -> dict[str, Any]:
-        self._say(f"Stopped by {self.preemption.signal_name or 'a signal to another rank'}: checkpoint "
-                  f"{self.checkpoints.last} written at step {self.pos.step}; continue with --resume auto.")
-        return self._result(preempted=True)
-
-    def _optimise(self, batch: Any) -> None:
-        cfg, d = self.cfg, self.d
-        batch = _to_device(batch, d.device)
-        with torch.autocast(d.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext():
-            loss = self.task.training_loss(self.train_model, batch)
-        loss, parts = loss if isinstance(loss, tuple) else (loss, {})
+    def _optimise(self, batches: list[Any]) -> None:
+        """Accumulate the gradients of the micro-batches (mean of their losses), then clip, step, update the EMA."""
+        cfg = self.cfg
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        loss_sum, parts_sum = 0.0, {}
+        for i, batch in enumerate(batches):
+            # Under DDP the gradients are all-reduced in the backward of the last micro-batch only.
+            sync = i == len(batches) - 1 or self.ddp is None
+            with nullcontext() if sync else self.ddp.no_sync():
+                loss, parts = self._loss(to_device(batch, self.d.device))
+                self.scaler.scale(loss / len(batches)).backward()
+            loss_sum += loss.item()
+            for name, part in parts.items():
+                parts_sum[name] = parts_sum.get(name, 0.0) + float(part)
         if cfg.clip_grad:
             self.scaler.unscale_(self.optimizer)
             dispatch_clip_grad(self.model.parameters(), cfg.clip_grad)
@@ -377,13 +305,26 @@ class Engine:
         self.scaler.update()
         if self.ema is not None:
             self.ema.update(self.model, step=self.pos.step)
-        value = loss.item()
+        value = loss_sum / len(batches)
         if not math.isfinite(value):
             raise RuntimeError(f"Loss is {value} at step {self.pos.step}; stopping.")
-        for meter in (self.epoch_loss, self.interval_loss):
-            meter[0], meter[1] = meter[0] + value, meter[1] + 1
-        for name, part in parts.items():
-            self.interval_parts[name] = self.interval_parts.get(name, 0.0) + float(part)
+        parts = {name: v / len(batches) for name, v in parts_sum.items()}
+        self.epoch_meter.add(value, parts)
+        self.log_meter.add(value, parts)
+
+    def _loss(self, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        with autocast(self.d.device, self.amp_dtype):
+            loss = self.task.training_loss(self.train_model, batch)
+        return loss if isinstance(loss, tuple) else (loss, {})
+
+    def _after_step(self, epoch: int, bar) -> None:
+        """The logging and the mid-epoch checkpoint that fall due after a step."""
+        cfg = self.cfg
+        if self.pos.step % cfg.log_interval == 0:
+            self._log_interval(epoch, bar)
+        end_of_epoch = self.train_sampler.steps(self.pos.samples_in_epoch) == 0
+        if cfg.checkpoint_interval and self.pos.step % cfg.checkpoint_interval == 0 and not end_of_epoch:
+            self._save()
 
     def _count(self, collated: Collated) -> None:
         if collated.skipped:
@@ -392,8 +333,8 @@ class Engine:
         self.counts_local["dropped_samples"] += collated.dropped
 
     def _sync_flags(self, empty: bool, stop: bool) -> tuple[bool, bool]:
-        """(skip this step, stop after it), agreed by all ranks in one all-reduce: under DDP every rank must take
-        the same steps, so one rank's empty batch skips the step everywhere, one rank's signal stops them all."""
+        """(skip this step, stop before it), agreed by all ranks in one all-reduce: under DDP every rank must take
+        the same steps, so one rank's empty step skips it everywhere, one rank's signal stops them all."""
         empty_any, stop_any = all_reduce_sum([float(empty), float(stop)], self.d)
         return empty_any > 0, stop_any > 0
 
@@ -404,37 +345,40 @@ class Engine:
         return counts, sums[len(COUNTERS):]
 
     def _log_interval(self, epoch: int, bar) -> None:
+        meter = self.log_meter
         # The loss's parts, when the task returns them; named by every rank (one may have skipped all its steps).
-        names = sorted(set().union(*gather_objects(sorted(self.interval_parts), self.d)))
-        counts, (loss_sum, loss_count, *part_sums) = self._global_counts(
-            *self.interval_loss, *(self.interval_parts.get(n, 0.0) for n in names))
-        rate = self.interval_loss[1] * self.global_batch / max(time.perf_counter() - self.tick, 1e-9)
+        names = sorted(set().union(*gather_objects(sorted(meter.parts), self.d)))
+        counts, (loss_sum, steps, *part_sums) = self._global_counts(
+            meter.loss, meter.steps, *(meter.parts.get(n, 0.0) for n in names))
+        rate = meter.steps * self.global_batch / max(time.perf_counter() - meter.start, 1e-9)
         lr = self.optimizer.param_groups[0]["lr"]
-        if loss_count:
-            parts = {f"loss_{n}": v / loss_count for n, v in zip(names, part_sums, strict=True)}
-            self.log.write("train", self.pos.step, epoch=epoch + self.pos.samples_in_epoch / self._epoch_samples(),
-                           loss=loss_sum / loss_count, **parts, lr=lr, images_per_second=rate, **counts)
+        if steps:
+            parts = {f"loss_{n}": v / steps for n, v in zip(names, part_sums, strict=True)}
+            epoch_fraction = epoch + self.pos.samples_in_epoch / (self.steps_per_epoch * self.global_batch)
+            self.log.write("train", self.pos.step, epoch=epoch_fraction, loss=loss_sum / steps, **parts, lr=lr,
+                           images_per_second=rate, **counts)
             if bar is not None:
-                bar.set_postfix(loss=f"{loss_sum / loss_count:.3f}", lr=f"{lr:.2e}", img_s=f"{rate:.0f}",
-                                refresh=False)
-        self.interval_loss, self.interval_parts, self.tick = [0.0, 0], {}, time.perf_counter()
+                bar.set_postfix(loss=f"{loss_sum / steps:.3f}", lr=f"{lr:.2e}", img_s=f"{rate:.0f}", refresh=False)
+        self.log_meter = Meter()
 
-    def _epoch_samples(self) -> int:
-        return self.steps_per_epoch * self.global_batch
+    def _stopped(self) -> dict[str, Any]:
+        self._say(f"Stopped by {self.preemption.signal_name or 'a signal to another rank'}: checkpoint "
+                  f"{self.run.checkpoints.last} written at step {self.pos.step}; continue with --resume auto.")
+        return self._result(preempted=True)
 
     # -- end of epoch: evaluation, checkpoint -----------------------------------------------------------------
 
-    def _end_epoch(self, epoch: int) -> None:
+    def end_epoch(self, epoch: int) -> None:
         check_in_sync(self.model, self.d)
         if self.ema is not None:
             check_in_sync(self.ema.module, self.d, "EMA weights")
-        counts, (loss_sum, loss_count) = self._global_counts(*self.epoch_loss)
-        metrics: dict[str, Any] = {"epoch": epoch + 1, "train_loss": loss_sum / max(loss_count, 1),
-                                   "epoch_seconds": time.perf_counter() - self.epoch_start,
+        counts, (loss_sum, steps) = self._global_counts(self.epoch_meter.loss, self.epoch_meter.steps)
+        metrics: dict[str, Any] = {"epoch": epoch + 1, "train_loss": loss_sum / max(steps, 1),
+                                   "epoch_seconds": time.perf_counter() - self.epoch_meter.start,
                                    "lr": self.optimizer.param_groups[0]["lr"], **counts}
         is_best = False
         if self.val_loader is not None and ((epoch + 1) % self.cfg.eval_interval == 0 or epoch + 1 == self.cfg.epochs):
-            metrics.update(self._evaluate())
+            metrics.update(self.evaluate())
             is_best = self._is_best(metrics)
         metrics["best_" + self.task.best_metric] = self.best
         self.metrics = metrics
@@ -443,11 +387,12 @@ class Engine:
         self.pos = Position(epoch + 1, 0, self.pos.step)
         self._save(is_best)
 
-    def _evaluate(self) -> dict[str, Any]:
+    def evaluate(self) -> dict[str, Any]:
+        """The task's validation metrics of the model (`val_*`) and of its EMA weights (`val_ema_*`)."""
         d, task = self.d, self.task
-        metrics = {f"val_{k}": v for k, v in task.evaluate(self.model, self.val_loader, d, self.amp_dtype).items()}
+        metrics = {f"val_{k}": v for k, v in evaluate(task, self.model, self.val_loader, d, self.amp_dtype).items()}
         if self.ema is not None:
-            ema = task.evaluate(self.ema.module, self.val_loader, d, self.amp_dtype)
+            ema = evaluate(task, self.ema.module, self.val_loader, d, self.amp_dtype)
             metrics.update({f"val_ema_{k}": v for k, v in ema.items() if k != "skipped_samples"})
         return metrics
 
@@ -460,18 +405,12 @@ class Engine:
 
     def _save(self, is_best: bool = False) -> None:
         """Write a checkpoint of the current position (a collective: every rank calls it at the same step)."""
-        rngs = gather_objects(rng_state(), self.d)  # each process continues its own streams on resumption
         counts, _ = self._global_counts()
-        if not self.d.primary:
-            return
-        self.checkpoints.save({
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(), "ema": self.ema.state_dict() if self.ema is not None else None,
-            "epoch": self.pos.epoch, "samples_in_epoch": self.pos.samples_in_epoch, "step": self.pos.step,
-            "world_size": self.d.world_size, "global_batch": self.global_batch, "best": self.best,
-            "counts": counts, "rng": rngs, "config": self.cfg.to_dict(), "task": self.task.name,
-            **self.task.checkpoint_extras(),
-        }, self.pos.step, is_best=is_best)
+        state = training_state(self.model, self.optimizer, self.scaler, self.ema, self.pos, self.d,
+                               global_batch=self.global_batch, best=self.best, counts=counts,
+                               config=self.cfg.to_dict(), task=self.task.name, **self.task.checkpoint_extras())
+        if state is not None:
+            self.run.checkpoints.save(state, self.pos.step, is_best=is_best)
 
     def _say(self, line: str) -> None:
         if self.d.primary:
@@ -479,20 +418,9 @@ class Engine:
 
     def _result(self, preempted: bool) -> dict[str, Any]:
         counts, _ = self._global_counts()
-        if self.d.primary and counts["skipped_samples"]:
-            print(f"{counts['skipped_samples']} unreadable samples were skipped (listed above).", flush=True)
-        return {**getattr(self, "metrics", {}), **counts, "run_dir": self.run_dir, "model": self.model,
+        if counts["skipped_samples"]:
+            self._say(f"{counts['skipped_samples']} unreadable samples were skipped (listed above).")
+        return {**self.metrics, **counts, "run_dir": self.run.run_dir, "model": self.model,
                 "ema_model": self.ema.module if self.ema is not None else None, "preempted": preempted,
                 "step": self.pos.step, **self.task.checkpoint_extras()}
-
-
-def _to_device(batch: Any, device: torch.device) -> Any:
-    """Move every tensor in a (nested) batch to `device`."""
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_to_device(b, device) for b in batch)
-    if isinstance(batch, dict):
-        return {k: _to_device(v, device) for k, v in batch.items()}
-    return batch
 

@@ -17,10 +17,11 @@ HYPERPARAMETERS = ("lr", "initial_lr", "weight_decay", "betas", "eps", "momentum
 
 
 def peak_lr(cfg: EngineConfig, world_size: int) -> float:
-    """cfg.lr if set, else base_lr scaled linearly by the global batch (5e-4 per 512 images in the release)."""
+    """cfg.lr if set, else base_lr scaled linearly by the global batch (5e-4 per 512 images in the release); the
+    global batch counts every accumulated micro-batch of an optimiser step."""
     if cfg.lr is not None:
         return cfg.lr
-    return cfg.base_lr * cfg.batch_size * world_size / cfg.base_batch_size
+    return cfg.base_lr * cfg.batch_size * cfg.accum_steps * world_size / cfg.base_batch_size
 
 
 def build_optimizer(model: nn.Module, cfg: EngineConfig, lr: float) -> torch.optim.Optimizer:

@@ -1,7 +1,9 @@
 """The task interface: what a task (classification, generation, detection, ...) tells the engine.
 
 A task knows its data, its model, its loss and its metrics; the engine knows processes, devices, precision,
-the optimiser and schedule, EMA, clipping, checkpoints, resumption, logging, progress and signals. A task
+the optimiser and schedule, gradient accumulation, EMA, clipping, checkpoints, resumption, logging, progress,
+signals and the validation loop (evaluation.py): a task says what one validation batch adds to which metrics,
+never how to loop, move data or sum over processes. A task
 subclasses `Task` and fills in the methods below; `Engine(task).fit()` runs it, on one process or under
 torchrun, and nothing task-specific lives in the engine.
 """
@@ -18,6 +20,7 @@ from torch.utils.data import Dataset
 
 from .config import EngineConfig
 from .distributed import Dist
+from .metrics import Metric
 
 __all__ = ["Task", "Datasets"]
 
@@ -67,9 +70,14 @@ class Task:
         and step): the log then holds each part's mean as `loss_<name>` next to `loss`."""
         raise NotImplementedError
 
-    def evaluate(self, model: nn.Module, loader: Any, d: Dist, amp_dtype: torch.dtype | None) -> dict[str, float]:
-        """Named validation metrics of `model` over `loader` (yielding `Collated` batches; each rank sees its
-        share and the metrics must be summed over ranks). May include `skipped_samples`."""
+    def validation_metrics(self) -> dict[str, Metric]:
+        """Fresh metric objects for one evaluation, by name (see metrics.py). The engine moves them to the
+        device, reduces them over processes once, and merges their `compute()` values into the results."""
+        raise NotImplementedError
+
+    def validation_step(self, model: nn.Module, batch: Any, metrics: dict[str, Metric]) -> None:
+        """Update `metrics` with one validation batch (already on the device, inside autocast, under no_grad;
+        `model` is in eval mode, the EMA weights when the engine evaluates those)."""
         raise NotImplementedError
 
     def checkpoint_extras(self) -> dict[str, Any]:

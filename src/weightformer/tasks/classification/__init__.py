@@ -5,7 +5,7 @@
 """
 
 from .config import ClassificationConfig, add_config_arguments, config_from_args, list_recipes, load_config
-from .evaluate import evaluate, evaluate_folder, predict
+from .evaluate import ClassifierValidation, TopKAccuracy, evaluate_folder, predict
 from .synthetic import make_synthetic_dataset
 from .task import ClassificationTask, train
 
@@ -17,7 +17,8 @@ __all__ = [
     "add_config_arguments",
     "config_from_args",
     "train",
-    "evaluate",
+    "ClassifierValidation",
+    "TopKAccuracy",
     "evaluate_folder",
     "predict",
     "make_synthetic_dataset",

@@ -2,71 +2,59 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from ...engine.data import EpochSampler, make_loader, warn_skipped
+from ...engine.data import EpochSampler, make_loader
+from ...engine.distributed import Dist
+from ...engine.evaluation import evaluate
+from ...engine.metrics import Metric
 from ...models import create_model_from_checkpoint, read_state_dict
 from .data import FolderDataset, check_splits, collate_images, eval_transform
 
-__all__ = ["evaluate", "load_model_for_eval", "evaluate_folder", "predict", "class_names_for"]
+__all__ = ["TopKAccuracy", "ClassifierValidation", "load_model_for_eval", "evaluate_folder", "predict",
+           "class_names_for"]
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: Any, device: torch.device | str = "cpu",
-             amp_dtype: torch.dtype | None = None) -> dict[str, float]:
-    """Top-1 / top-5 accuracy (%), mean cross-entropy and images/s of `model` over `loader`.
+class TopKAccuracy(Metric):
+    """Top-1 / top-5 accuracy (%) and mean cross-entropy of logits against integer targets."""
 
-    `loader` yields `Collated` batches whose batch is (images (B, 3, H, W), targets (B,)), or None when every
-    image was unreadable. Under torch.distributed the counts are summed over processes, so each process may see
-    its own share of the images. Unreadable images are counted in `skipped_samples`.
-    """
-    device = torch.device(device)
-    model.eval()
-    totals = torch.zeros(5, dtype=torch.float64, device=device)  # correct@1, correct@5, loss sum, count, skipped
-    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
-    start = time.perf_counter()
-    for collated in loader:
-        if collated.skipped:
-            warn_skipped(collated.skipped)
-            totals[4] += len(collated.skipped)
-        if collated.batch is None:
-            continue
-        images, targets = (t.to(device) for t in collated.batch)
-        with autocast:
-            logits = model(images)  # (B, K)
-        logits = logits.float()
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("totals", torch.zeros(4))  # correct@1, correct@5, loss sum, count
+
+    def update(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        logits = logits.float()  # (B, K)
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices  # (B, 5)
         hits = top == targets[:, None]
-        totals[0] += hits[:, 0].sum()
-        totals[1] += hits.any(dim=1).sum()
-        totals[2] += F.cross_entropy(logits, targets, reduction="sum")
-        totals[3] += len(targets)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elapsed = time.perf_counter() - start
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(totals)
-    correct1, correct5, loss_sum, count, skipped = totals.tolist()
-    if count == 0:
-        raise ValueError(f"No readable images to evaluate ({int(skipped)} unreadable).")
-    return {
-        "top1": 100.0 * correct1 / count,
-        "top5": 100.0 * correct5 / count,
-        "loss": loss_sum / count,
-        "images": int(count),
-        "skipped_samples": int(skipped),
-        "images_per_second": count / elapsed,
-    }
+        self.totals[0] += hits[:, 0].sum()
+        self.totals[1] += hits.any(dim=1).sum()
+        self.totals[2] += F.cross_entropy(logits, targets, reduction="sum")
+        self.totals[3] += len(targets)
+
+    def compute(self) -> dict[str, float]:
+        correct1, correct5, loss_sum, count = self.totals.tolist()
+        count = max(count, 1)
+        return {"top1": 100.0 * correct1 / count, "top5": 100.0 * correct5 / count, "loss": loss_sum / count}
+
+
+class ClassifierValidation:
+    """The validation step of an image classifier (batches of images and integer targets), shared by the
+    classification and probe tasks and by `evaluate_folder`."""
+
+    def validation_metrics(self) -> dict[str, Metric]:
+        return {"accuracy": TopKAccuracy()}
+
+    def validation_step(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor],
+                        metrics: dict[str, Metric]) -> None:
+        images, targets = batch  # (B, 3, H, W), (B,)
+        metrics["accuracy"].update(model(images), targets)
 
 
 def load_model_for_eval(checkpoint: str | Path, model_name: str | None = None, img_size: int | None = None,
@@ -125,7 +113,7 @@ def evaluate_folder(checkpoint: str | Path, data_dir: str | Path, split: str = "
     loader = make_loader(dataset, EpochSampler(len(dataset), shuffle=False), batch_size, workers,
                          collate_images, pin_memory=device.type == "cuda")
     amp_dtype = torch.bfloat16 if amp and device.type == "cuda" else None
-    metrics = evaluate(model.to(device), loader, device, amp_dtype)
+    metrics = evaluate(ClassifierValidation(), model.to(device), loader, Dist(device=device), amp_dtype)
     return {**metrics, "img_size": info["img_size"], "model": info["model"], "checkpoint": str(checkpoint)}
 
 

@@ -16,13 +16,13 @@ from ...engine.task import Datasets, Task
 from ...models import create_model, load_checkpoint
 from .config import ClassificationConfig
 from .data import FolderDataset, check_splits, collate_images, eval_transform, train_transform
-from .evaluate import evaluate
+from .evaluate import ClassifierValidation
 from .synthetic import dataset_folder
 
 __all__ = ["ClassificationTask", "train"]
 
 
-class ClassificationTask(Task):
+class ClassificationTask(ClassifierValidation, Task):
     """ImageNet-style classification: the release's recipe (SPEC §6) or the embedded synthetic default."""
 
     name = "classification"
@@ -88,10 +88,7 @@ class ClassificationTask(Task):
             images, targets = self.mixup(images, targets)  # targets: (B, K) soft
         return self.criterion(model(images), targets)
 
-    # -- evaluation and reports -------------------------------------------------------------------------------
-
-    def evaluate(self, model: nn.Module, loader: Any, d: Dist, amp_dtype: torch.dtype | None) -> dict[str, float]:
-        return evaluate(model, loader, d.device, amp_dtype)
+    # -- reports -------------------------------------------------------------------------------
 
     def checkpoint_extras(self) -> dict[str, Any]:
         return {"class_names": self.classes}

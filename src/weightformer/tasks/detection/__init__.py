@@ -7,10 +7,10 @@ data, COCOeval metrics, and an embedded default.
 
 from .config import DetectionConfig, add_config_arguments, config_from_args, load_config
 from .data import CocoDetection, CocoSplit, read_coco
-from .evaluate import coco_metrics, evaluate, format_metrics, to_coco_results
+from .evaluate import CocoMetric, coco_metrics, format_metrics, to_coco_results
 from .synthetic import make_detection_dataset
 from .task import DetectionTask, build_detector, train
 
 __all__ = ["DetectionConfig", "DetectionTask", "load_config", "add_config_arguments", "config_from_args", "train",
-           "build_detector", "read_coco", "CocoSplit", "CocoDetection", "evaluate", "coco_metrics",
+           "build_detector", "read_coco", "CocoSplit", "CocoDetection", "CocoMetric", "coco_metrics",
            "to_coco_results", "format_metrics", "make_detection_dataset"]

@@ -3,14 +3,13 @@
 Box AP and mask AP are COCOeval's own numbers (AP over IoU 0.50:0.95, AP50, AP75, AP for small / medium /
 large objects), in percent as COCO results are quoted. Only the images that were evaluated count (an unreadable
 image is skipped and counted, not scored as all misses), against the annotations `read_coco` kept. Under
-torch.distributed each rank predicts its share and rank 0 scores the gathered results.
+torch.distributed each rank predicts its share and rank 0 scores the joined results (CocoMetric).
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +17,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ...engine.data import warn_skipped
-from ...engine.distributed import Dist, broadcast_object, gather_objects
+from ...engine.distributed import Dist
+from ...engine.evaluation import evaluate
+from ...engine.metrics import Metric
 from .data import CocoSplit, require_pycocotools
 
-__all__ = ["METRIC_NAMES", "to_coco_results", "coco_metrics", "evaluate", "load_detector", "evaluate_checkpoint",
+__all__ = ["METRIC_NAMES", "to_coco_results", "coco_metrics", "CocoMetric", "load_detector", "evaluate_checkpoint",
            "format_metrics", "predict_images"]
 
 METRIC_NAMES = ("ap", "ap50", "ap75", "aps", "apm", "apl")  # COCOeval.stats[0:6]
@@ -78,44 +78,34 @@ def coco_metrics(ground_truth: dict[str, Any], results: list[dict], iou_type: st
     return {name: 100 * float(v) if v >= 0 else float("nan") for name, v in zip(METRIC_NAMES, stats, strict=True)}
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: Any, d: Dist, split: CocoSplit, amp_dtype: torch.dtype | None = None
-             ) -> dict[str, float]:
-    """bbox_* and segm_* COCO metrics of `model` over `loader` (Collated batches of (images, targets) lists)."""
-    model.eval()
-    autocast = torch.autocast(d.device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
-    boxes, masks, image_ids, skipped = [], [], [], 0
-    for collated in loader:
-        if collated.skipped:
-            warn_skipped(collated.skipped)
-            skipped += len(collated.skipped)
-        if collated.batch is None:
-            continue
-        images, targets = collated.batch
-        with autocast:
-            outputs = model([im.to(d.device) for im in images])
+class CocoMetric(Metric):
+    """COCO box and mask AP (`bbox_*`, `segm_*`) of the detections of the images seen, scored by COCOeval.
+
+    The results are lists joined over processes; rank 0 alone runs COCOeval on the whole set."""
+
+    compute_on_primary = True
+
+    def __init__(self, split: CocoSplit) -> None:
+        super().__init__()
+        self.split = split
+        self.add_state("boxes", [], reduce="cat")
+        self.add_state("masks", [], reduce="cat")
+        self.add_state("image_ids", [], reduce="cat")
+
+    def update(self, outputs: list[dict[str, torch.Tensor]], targets: list[dict[str, Any]]) -> None:
         for output, target in zip(outputs, targets, strict=True):
             image_id = int(target["image_id"])
-            b, m = to_coco_results(output, image_id, split.category_ids)
-            boxes += b
-            masks += m
-            image_ids.append(image_id)
-    gathered = gather_objects((boxes, masks, image_ids, skipped), d)
-    metrics = None
-    if d.primary:
-        boxes, masks = [r for g in gathered for r in g[0]], [r for g in gathered for r in g[1]]
-        image_ids, skipped = [i for g in gathered for i in g[2]], sum(g[3] for g in gathered)
-        if not image_ids:
-            metrics = f"No readable images to evaluate ({skipped} unreadable)."
-        else:
-            ground_truth = split.ground_truth(image_ids)
-            metrics = {**{f"bbox_{k}": v for k, v in coco_metrics(ground_truth, boxes, "bbox", image_ids).items()},
-                       **{f"segm_{k}": v for k, v in coco_metrics(ground_truth, masks, "segm", image_ids).items()},
-                       "images": len(image_ids), "detections": len(boxes), "skipped_samples": skipped}
-    metrics = broadcast_object(metrics, d)
-    if isinstance(metrics, str):
-        raise ValueError(metrics)
-    return metrics
+            boxes, masks = to_coco_results(output, image_id, self.split.category_ids)
+            self.boxes += boxes
+            self.masks += masks
+            self.image_ids.append(image_id)
+
+    def compute(self) -> dict[str, float]:
+        ground_truth = self.split.ground_truth(self.image_ids)
+        box = coco_metrics(ground_truth, self.boxes, "bbox", self.image_ids)
+        mask = coco_metrics(ground_truth, self.masks, "segm", self.image_ids)
+        return {**{f"bbox_{k}": v for k, v in box.items()}, **{f"segm_{k}": v for k, v in mask.items()},
+                "detections": len(self.boxes)}
 
 
 def format_metrics(metrics: dict[str, float], prefix: str = "") -> str:
@@ -157,7 +147,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path, split: str
     also returns what `read_coco` left out, as `left_out`."""
     from ...engine.data import EpochSampler, make_loader
     from .data import CocoDetection, drop_too_thin, read_coco, split_paths
-    from .task import _test_size
+    from .task import DetectionTask, _test_size
 
     coco = read_coco(*split_paths(data_dir, split))
     model, cfg, extras = load_detector(checkpoint)
@@ -167,8 +157,10 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path, split: str
                          f"checkpoint's ({extras['category_ids'][:10]}).")
     dataset = CocoDetection(coco, train=False)
     loader = make_loader(dataset, EpochSampler(len(dataset), shuffle=False), batch_size, workers, collate_lists)
+    task = DetectionTask(cfg)
+    task.val_split = coco
     dev = _device(device)
-    metrics = evaluate(model.to(dev), loader, Dist(device=dev), coco)
+    metrics = evaluate(task, model.to(dev), loader, Dist(device=dev))
     return {**metrics, "left_out": coco.describe_skipped()}
 
 

@@ -10,6 +10,7 @@ import torch.nn as nn
 
 from ...engine.distributed import Dist
 from ...engine.loop import fit
+from ...engine.metrics import Metric
 from ...engine.task import Datasets, Task
 from ...models.detection import create_detector
 from .config import DetectionConfig
@@ -22,7 +23,7 @@ from .data import (
     require_pycocotools,
     split_paths,
 )
-from .evaluate import evaluate
+from .evaluate import CocoMetric
 from .synthetic import make_detection_dataset
 
 __all__ = ["DetectionTask", "build_detector", "train"]
@@ -121,8 +122,12 @@ class DetectionTask(Task):
         total = sum(v.float() for v in losses.values())
         return total, {name.removeprefix("loss_"): v.item() for name, v in losses.items()}
 
-    def evaluate(self, model: nn.Module, loader: Any, d: Dist, amp_dtype: torch.dtype | None) -> dict[str, float]:
-        return evaluate(model, loader, d, self.val_split, amp_dtype)
+    def validation_metrics(self) -> dict[str, Metric]:
+        return {"coco": CocoMetric(self.val_split)}
+
+    def validation_step(self, model: nn.Module, batch: tuple[list, list], metrics: dict[str, Metric]) -> None:
+        images, targets = batch  # lists: each image at its own size
+        metrics["coco"].update(model(images), targets)
 
     def checkpoint_extras(self) -> dict[str, Any]:
         return {"class_names": self.class_names, "category_ids": self.category_ids}

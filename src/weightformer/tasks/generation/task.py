@@ -3,8 +3,9 @@
 Images come from an ImageNet-layout folder (or the embedded shapes dataset), resized, centre-cropped, flipped
 at random and scaled to [-1, 1], and the model learns DiT's process on the pixels; or, with latents_dir, it learns
 it on the VAE latents `weightformer dit extract` wrote (the latent of each image or of its mirror image, at
-random), and the samples are decoded by the VAE. Validation reports the hybrid loss at fixed noise and steps,
-so its value is comparable across epochs; the visual report is a grid of guided samples, one row per class.
+random), and the samples are decoded by the VAE. Validation reports the hybrid loss at noise and steps fixed by
+each sample's index, so its value is comparable across epochs and numbers of processes; the visual report is a
+grid of guided samples, one row per class.
 """
 
 from __future__ import annotations
@@ -17,13 +18,16 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from torch.utils.data import Dataset
 from torchvision import transforms
 
 from ...diffusion import create_diffusion, ddpm_sample
 from ...engine import config as engine_config
 from ...engine.config import EngineConfig, free
-from ...engine.distributed import Dist, all_reduce_sum
+from ...engine.data import Unreadable
+from ...engine.distributed import Dist
 from ...engine.loop import fit
+from ...engine.metrics import Mean, Metric
 from ...engine.task import Datasets, Task
 from ...models import create_model
 from ..classification.data import FolderDataset, check_splits, collate_images
@@ -72,6 +76,21 @@ def config_from_args(args: argparse.Namespace) -> GenerationConfig:
     return engine_config.config_from_args(args, GenerationConfig, CONFIG_DIR)
 
 
+class WithIndex(Dataset):
+    """A dataset whose samples carry their index as a last element (validation noise is drawn from it)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: int | tuple[int, int]) -> Any:
+        sample = self.dataset[item]
+        index = item[0] if isinstance(item, tuple) else item
+        return sample if isinstance(sample, Unreadable) else (*sample, index)
+
+
 class GenerationTask(Task):
     """Class-conditional image generation: WeightFormer-DiT trained with DiT's hybrid loss."""
 
@@ -111,7 +130,7 @@ class GenerationTask(Task):
         if self.meta is not None:
             self.classes = list(self.meta["classes"])
             train = LatentDataset(cfg.latents_dir, cfg.train_split, cfg.hflip)
-            val = LatentDataset(cfg.latents_dir, cfg.val_split)
+            val = WithIndex(LatentDataset(cfg.latents_dir, cfg.val_split))
             return Datasets(train, val, f"{len(self.classes)} classes, {len(train)} train / {len(val)} val latents "
                                         f"({self.input_size}x{self.input_size}, VAE {cfg.vae}) from {cfg.latents_dir}")
         data_dir = dataset_folder(cfg.data_dir, cfg.synthetic)
@@ -122,12 +141,16 @@ class GenerationTask(Task):
         train = FolderDataset(str(data_dir / cfg.train_split),
                               transform=transforms.Compose([*common, transforms.RandomHorizontalFlip(cfg.hflip),
                                                             *to_unit]))
-        val = FolderDataset(str(data_dir / cfg.val_split), transform=transforms.Compose([*common, *to_unit]))
+        val = WithIndex(FolderDataset(str(data_dir / cfg.val_split), transform=transforms.Compose([*common,
+                                                                                                   *to_unit])))
         return Datasets(train, val, f"{len(self.classes)} classes, {len(train)} train / {len(val)} val images "
                                     f"at {size}px from {data_dir}")
 
     def collate(self, samples: list[Any], train: bool) -> tuple[Any, int]:
-        return collate_images(samples)
+        if train:
+            return collate_images(samples)
+        (images, labels), size = collate_images([s[:2] for s in samples])
+        return (images, labels, torch.tensor([s[2] for s in samples])), size  # validation: with sample indices
 
     def build_model(self) -> nn.Module:
         cfg = self.cfg
@@ -140,22 +163,22 @@ class GenerationTask(Task):
         t = torch.randint(0, self.diffusion.num_timesteps, (len(images),), device=images.device)
         return self.diffusion.training_losses(model, images, t, dict(y=labels))["loss"].mean()
 
-    @torch.no_grad()
-    def evaluate(self, model: nn.Module, loader: Any, d: Dist, amp_dtype: torch.dtype | None) -> dict[str, float]:
-        """The hybrid loss and its MSE part over the validation images, at noise and steps fixed by position."""
-        model.eval()
-        total, mse, count = 0.0, 0.0, 0
-        generator = torch.Generator().manual_seed(1234 + d.rank)
-        for collated in loader:
-            if collated.batch is None:
-                continue
-            images, labels = (t.to(d.device) for t in collated.batch)
-            t = torch.randint(0, self.diffusion.num_timesteps, (len(images),), generator=generator).to(d.device)
-            noise = torch.randn(images.shape, generator=generator).to(d.device)
-            terms = self.diffusion.training_losses(model, images, t, dict(y=labels), noise=noise)
-            total, mse, count = total + terms["loss"].sum().item(), mse + terms["mse"].sum().item(), count + len(t)
-        total, mse, count = all_reduce_sum([total, mse, count], d)
-        return {"loss": total / max(count, 1), "mse": mse / max(count, 1), "images": int(count)}
+    def validation_metrics(self) -> dict[str, Metric]:
+        return {"loss": Mean("loss"), "mse": Mean("mse")}
+
+    def validation_step(self, model: nn.Module, batch: tuple[torch.Tensor, ...], metrics: dict[str, Metric]) -> None:
+        """The hybrid loss and its MSE part, at a step and noise drawn from each sample's index: the same
+        numbers on any number of processes and at every epoch, so the values are comparable."""
+        images, labels, indices = batch  # (B, C, H, W), (B,), (B,)
+        t, noise = [], []
+        for index in indices.tolist():
+            generator = torch.Generator().manual_seed(1234 + index)
+            t.append(torch.randint(0, self.diffusion.num_timesteps, (), generator=generator))
+            noise.append(torch.randn(images.shape[1:], generator=generator))
+        t, noise = torch.stack(t).to(images.device), torch.stack(noise).to(images.device, images.dtype)
+        terms = self.diffusion.training_losses(model, images, t, dict(y=labels), noise=noise)
+        metrics["loss"].update(terms["loss"])
+        metrics["mse"].update(terms["mse"])
 
     def checkpoint_extras(self) -> dict[str, Any]:
         return {"class_names": self.classes}

@@ -13,7 +13,7 @@ from ...engine.distributed import Dist
 from ...engine.loop import fit
 from ...engine.task import Datasets, Task
 from ..classification.data import collate_images
-from ..classification.evaluate import evaluate
+from ..classification.evaluate import ClassifierValidation
 from .data import Knobs, ProbeDataset
 from .models import build_probe_model
 
@@ -58,7 +58,7 @@ class ProbeConfig(EngineConfig):
                      distractors=self.distractors, colours=self.colours)
 
 
-class ProbeTask(Task):
+class ProbeTask(ClassifierValidation, Task):
     """Binary classification of a generated long-range probe; top-1 accuracy on a fixed validation split."""
 
     name = "probe"
@@ -88,9 +88,6 @@ class ProbeTask(Task):
     def training_loss(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         images, targets = batch  # (B, 3, R, R), (B,)
         return nn.functional.cross_entropy(model(images), targets)
-
-    def evaluate(self, model: nn.Module, loader: Any, d: Dist, amp_dtype: torch.dtype | None) -> dict[str, float]:
-        return evaluate(model, loader, d.device, amp_dtype)
 
 
 def train_probe(cfg: ProbeConfig) -> dict[str, Any]:

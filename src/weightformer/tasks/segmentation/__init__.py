@@ -5,9 +5,9 @@
 """
 
 from .config import SegmentationConfig, add_config_arguments, config_from_args, load_config
-from .evaluate import confusion_matrix, evaluate, infer, scores
+from .evaluate import ConfusionMetric, confusion_matrix, infer, scores
 from .synthetic import make_segmentation_dataset
 from .task import SegmentationTask, train
 
 __all__ = ["SegmentationConfig", "SegmentationTask", "load_config", "add_config_arguments", "config_from_args",
-           "train", "evaluate", "infer", "confusion_matrix", "scores", "make_segmentation_dataset"]
+           "train", "ConfusionMetric", "infer", "confusion_matrix", "scores", "make_segmentation_dataset"]

@@ -1,20 +1,21 @@
-"""Segmentation metrics (mIoU, aAcc from a confusion matrix summed over ranks) and whole / sliding inference."""
+"""Segmentation metrics (mIoU, aAcc from a confusion matrix) and whole / sliding inference."""
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ...engine.data import warn_skipped
+from ...engine.distributed import Dist
+from ...engine.evaluation import evaluate
+from ...engine.metrics import Metric
 from .data import IGNORE_INDEX
 
-__all__ = ["confusion_matrix", "scores", "infer", "evaluate", "load_segmenter", "evaluate_checkpoint", "predict_images"]
+__all__ = ["confusion_matrix", "scores", "infer", "ConfusionMetric", "segmentation_step", "load_segmenter",
+           "evaluate_checkpoint", "predict_images"]
 
 
 def confusion_matrix(pred: torch.Tensor, label: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -60,34 +61,29 @@ def infer(model: nn.Module, image: torch.Tensor, mode: str = "whole", crop: int 
     return logits / count
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: Any, device: torch.device, num_classes: int,
-             amp_dtype: torch.dtype | None = None, mode: str = "whole", crop: int = 512, stride: int = 341
-             ) -> dict[str, float]:
-    """mIoU / mAcc / aAcc (%) of `model` over `loader` (Collated batches of image and label lists); the logits are
-    resized to each label map's own size. Under torch.distributed the confusion matrix is summed over ranks."""
-    model.eval()
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.float64, device=device)
-    counts = torch.zeros(2, dtype=torch.float64, device=device)  # images, skipped
-    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
-    for collated in loader:
-        if collated.skipped:
-            warn_skipped(collated.skipped)
-            counts[1] += len(collated.skipped)
-        if collated.batch is None:
-            continue
-        for image, label in zip(*collated.batch, strict=True):
-            with autocast:
-                logits = infer(model, image.to(device), mode, crop, stride).float()  # (K, h, w)
-            logits = F.interpolate(logits[None], size=label.shape, mode="bilinear", align_corners=False)[0]
-            confusion += confusion_matrix(logits.argmax(0), label.to(device), num_classes)
-            counts[0] += 1
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(confusion)
-        dist.all_reduce(counts)
-    if counts[0] == 0:
-        raise ValueError(f"No readable images to evaluate ({int(counts[1])} unreadable).")
-    return {**scores(confusion), "images": int(counts[0]), "skipped_samples": int(counts[1])}
+class ConfusionMetric(Metric):
+    """mIoU / mAcc / aAcc (%) from a (K, K) confusion matrix of predicted against true labels."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.add_state("confusion", torch.zeros(num_classes, num_classes))
+
+    def update(self, pred: torch.Tensor, label: torch.Tensor) -> None:
+        self.confusion += confusion_matrix(pred, label, self.num_classes)
+
+    def compute(self) -> dict[str, float]:
+        return scores(self.confusion)
+
+
+def segmentation_step(model: nn.Module, images: list[torch.Tensor], labels: list[torch.Tensor],
+                      metric: ConfusionMetric, mode: str = "whole", crop: int = 512, stride: int = 341) -> None:
+    """Add one batch (lists of (3, h, w) images and (h', w') label maps) to `metric`: whole or sliding
+    inference, logits resized to each label map's own size."""
+    for image, label in zip(images, labels, strict=True):
+        logits = infer(model, image, mode, crop, stride).float()  # (K, h, w)
+        logits = F.interpolate(logits[None], size=label.shape, mode="bilinear", align_corners=False)[0]
+        metric.update(logits.argmax(0), label)
 
 
 def load_segmenter(checkpoint: str | Path) -> tuple[nn.Module, Any]:
@@ -116,15 +112,17 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path, split: str
     """Evaluate a checkpoint of `weightformer segment train` on <data_dir>/images|annotations/<split>."""
     from ...engine.data import EpochSampler, make_loader
     from .data import SegmentationFolder, find_pairs
+    from .task import SegmentationTask
 
     pairs, _ = find_pairs(data_dir, split)
     model, cfg = load_segmenter(checkpoint)
     dataset = SegmentationFolder(pairs, cfg.num_classes, train=False, scale=tuple(cfg.scale), crop_size=cfg.crop_size,
                                  reduce_zero_label=cfg.reduce_zero_label)
     loader = make_loader(dataset, EpochSampler(len(dataset), shuffle=False), 1, 0, _collate_lists)
+    if inference is not None:
+        cfg.inference = inference
     dev = _device(device)
-    return evaluate(model.to(dev), loader, dev, cfg.num_classes, None, inference or cfg.inference, cfg.crop_size,
-                    cfg.slide_stride)
+    return evaluate(SegmentationTask(cfg), model.to(dev), loader, Dist(device=dev))
 
 
 def _collate_lists(samples: list[Any]) -> tuple[Any, int]:

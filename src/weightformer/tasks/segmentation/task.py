@@ -11,11 +11,12 @@ import torch.nn.functional as F
 
 from ...engine.distributed import Dist
 from ...engine.loop import fit
+from ...engine.metrics import Metric
 from ...engine.task import Datasets, Task
 from ...models.segmentation import create_segmenter
 from .config import SegmentationConfig
 from .data import IGNORE_INDEX, SegmentationFolder, find_pairs
-from .evaluate import evaluate
+from .evaluate import ConfusionMetric, segmentation_step
 from .synthetic import make_segmentation_dataset
 
 __all__ = ["SegmentationTask", "train"]
@@ -76,10 +77,12 @@ class SegmentationTask(Task):
         logits = model(images)  # (B, K, c, c)
         return F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX)
 
-    def evaluate(self, model: nn.Module, loader: Any, d: Dist, amp_dtype: torch.dtype | None) -> dict[str, float]:
+    def validation_metrics(self) -> dict[str, Metric]:
+        return {"confusion": ConfusionMetric(self.cfg.num_classes)}
+
+    def validation_step(self, model: nn.Module, batch: tuple[list, list], metrics: dict[str, Metric]) -> None:
         cfg = self.cfg
-        return evaluate(model, loader, d.device, cfg.num_classes, amp_dtype, cfg.inference, cfg.crop_size,
-                        cfg.slide_stride)
+        segmentation_step(model, *batch, metrics["confusion"], cfg.inference, cfg.crop_size, cfg.slide_stride)
 
     def checkpoint_extras(self) -> dict[str, Any]:
         return {"class_names": self.class_names}
