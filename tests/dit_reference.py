@@ -1,7 +1,8 @@
-"""WeightFormer-DiT (SPEC §5) as a plain functional program over the release's own key names, for the tests.
+"""WeightFormer-DiT (the release's model/wfm_dit.py) as a plain functional program over the release's own key
+names, for the tests.
 
-Written from SPEC §5 and DiT's published formulas with explicit loops, index arithmetic and einsum, in whatever
-dtype the inputs have (the tests use float64). Nothing is imported from `weightformer`. The 2x2 pooling of the
+Written from the paper's block and DiT's published formulas with explicit loops, index arithmetic and einsum, in
+whatever dtype the inputs have (the tests use float64). Nothing is imported from `weightformer`. The 2x2 pooling of the
 dynamic linear layers is `reference.pool_2x2_ref` (ceil mode: on odd grids this package keeps the last
 row/column, where the release's code drops them).
 """
@@ -141,7 +142,7 @@ def dit_release_state_dict(
     hidden: int, depth: int, patch: int, in_channels: int = 4, num_classes: int = 10, learn_sigma: bool = True,
     pos_grid: int | None = 4, seed: int = 0, dtype=torch.float32,
 ) -> dict[str, torch.Tensor]:
-    """A state dict in the release's DiT format (SPEC §5), random values; dynamic blocks (i + 2) % 3 == 0.
+    """A state dict in the release's DiT format (model/wfm_dit.py), random values; dynamic blocks (i + 2) % 3 == 0.
 
     `pos_grid`: include the release's fixed `pos_embed` buffer for that square token grid (None: leave it out).
     """

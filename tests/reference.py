@@ -1,7 +1,8 @@
-"""Independent, deliberately plain statements of the SPEC formulas, for the tests to hold the package to.
+"""Independent, deliberately plain statements of the paper's formulas, for the tests to hold the package to.
 
-Everything here is written from SPEC.md with explicit loops, index arithmetic and einsum, in whatever dtype the
-inputs have (the tests use float64). Nothing is imported from `weightformer`.
+Everything here is written from the paper's formulas and the release's code (model/wfm.py) with explicit loops,
+index arithmetic and einsum, in whatever dtype the inputs have (the tests use float64). Nothing is imported from
+`weightformer`.
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ def outer_product_update_ref(
     hidden: tuple[torch.Tensor, torch.Tensor] | None = None,
     queries: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """dW (B, C, D), input-major as in SPEC §2, for the outer-product family of linear predictors."""
+    """dW (B, C, D), input-major as in the release's DynLinear (x @ W0), for the outer-product family of linear
+    predictors."""
     batch, height, width, channels = grid.shape
     n = height * width
     if statistics == "pooled":
@@ -129,7 +131,8 @@ def bound_kernel(delta: torch.Tensor) -> torch.Tensor:
 
 
 def adaptive_kernel_update_ref(grid, fc1_w, fc1_b, fc2_w, k=3):
-    """SPEC §2 spatially adaptive prediction: 1x1 conv -> exact GELU -> 1x1 conv on the k x k pooled map."""
+    """The paper's spatially adaptive prediction (the release's DynCnn): 1x1 conv -> exact GELU -> 1x1 conv on
+    the k x k pooled map."""
     pooled = adaptive_pool_ref(grid, k)  # (B, C, k, k)
     h = torch.einsum("bcij,oc->boij", pooled, fc1_w.flatten(1)) + fc1_b[:, None, None]
     h = 0.5 * h * (1 + torch.erf(h / math.sqrt(2)))
@@ -147,7 +150,8 @@ def gelu_ref(x):
 
 
 def release_forward_ref(sd: dict[str, torch.Tensor], images: torch.Tensor, patch: int = 16) -> torch.Tensor:
-    """The released classifier (SPEC §3) written against the release's own key names (SPEC §4).
+    """The released classifier (README "Models") written against the release's own key names (README "Released
+    checkpoints").
 
     The 2x2 pooling is the reference code's plain reshape-and-mean, which floors odd grids (drops the last
     row/column): on even grids it equals the package's default ceil pooling, on odd ones its "floor" option.
@@ -190,7 +194,7 @@ def release_forward_ref(sd: dict[str, torch.Tensor], images: torch.Tensor, patch
 def release_dynamic_mixer_keys(prefix: str, c: int, hidden: int, rnd) -> dict[str, torch.Tensor]:
     """A dynamic block's dynamic conv (`dwc.*`) and dynamic linear (`linear1.*`) in the release's key names,
     C -> hidden, drawn by `rnd(*shape, scale=...)`; the classifier's and WeightFormer-DiT's dynamic blocks share
-    them (SPEC §4, §5)."""
+    them (the release's model/wfm.py and model/wfm_dit.py)."""
     return {
         prefix + "dwc.w": rnd(c, 1, 3, 3, scale=0.3),
         prefix + "dwc.b": rnd(c),
@@ -209,7 +213,8 @@ def release_dynamic_mixer_keys(prefix: str, c: int, hidden: int, rnd) -> dict[st
 def release_state_dict(
     width: int, depth: int, num_classes: int = 1000, patch: int = 16, seed: int = 0, dtype=torch.float32
 ) -> dict[str, torch.Tensor]:
-    """A state dict in the release's format (SPEC §4 table), random values, dynamic blocks (i + 2) % 3 == 0."""
+    """A state dict in the release's format (README "Released checkpoints"), random values, dynamic blocks
+    (i + 2) % 3 == 0."""
     gen = torch.Generator().manual_seed(seed)
     c, hidden = width, 4 * width
 

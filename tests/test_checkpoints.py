@@ -1,4 +1,5 @@
-"""Released checkpoints (SPEC §4) load exactly; timm sees the models with their metadata; nothing downloads."""
+"""The release's checkpoints (README "Released checkpoints") load exactly; timm sees the models with their
+metadata; nothing downloads."""
 from __future__ import annotations
 
 import os
@@ -22,7 +23,7 @@ def _model_for(width: int, depth: int, num_classes: int = 1000, dtype=torch.floa
 @pytest.mark.parametrize("size", [(64, 96), (96, 64), (128, 128)])
 def test_release_state_dict_gives_the_reference_logits(size):
     # Small release-format network in float64, even token grids (4x6, 6x4, 8x8), against the functional
-    # reference written from SPEC §3 with the release's own key names.
+    # reference written from the paper's architecture with the release's own key names.
     sd = release_state_dict(width=32, depth=5, num_classes=10, dtype=torch.float64, seed=1)
     model = load_checkpoint(_model_for(32, 5, 10, torch.float64), sd)
     images = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(2), dtype=torch.float64)

@@ -1,4 +1,5 @@
-"""WeightFormer-DiT (SPEC §5): the release's checkpoints give the float64 reference's outputs, on any latent grid."""
+"""WeightFormer-DiT (README "Generation (WeightFormer-DiT)"): the release's checkpoints give the float64
+reference's outputs, on any latent grid."""
 
 from __future__ import annotations
 
@@ -159,7 +160,7 @@ def test_initialisation_is_dits_with_the_dynamic_layers_own():
     assert 0.015 < proj.std().item() < 0.025
     static = model.blocks[0].mlp.fc1.weight  # a static FC1: xavier uniform, bound sqrt(6 / (48 + 192))
     assert static.abs().max().item() <= (6 / 240) ** 0.5 and static.std().item() > 0.08
-    assert model.blocks[1].mlp.fc1.bias.abs().sum() > 0  # the dynamic linear's b is not zero (SPEC §2)
+    assert model.blocks[1].mlp.fc1.bias.abs().sum() > 0  # the dynamic linear's b is not zero (release's wfm.py)
     table = model.y_embedder.embedding_table.weight
     assert table.shape == (11, 48) and 0.015 < table.std().item() < 0.025
 

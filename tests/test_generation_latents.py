@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from gen_helpers import write_dit_checkpoint
 from train_helpers import tiny_dataset
 from weightformer.cli.main import main
 from weightformer.tasks.generation.latents import VAE_SCALE, LatentDataset, load_vae
@@ -30,7 +31,7 @@ def vae_dir(tmp_path_factory):
     return path
 
 
-def test_extract_stores_the_latents_of_images_and_their_mirrors(vae_dir, tmp_path):
+def test_extract_stores_the_latents_of_images_and_their_mirrors(vae_dir, tmp_path, capsys):
     data = tiny_dataset(tmp_path / "data")  # 9 classes x (4 train, 2 val), 16 px
     out = tmp_path / "latents"
     assert main(["dit", "extract", str(data), "--out", str(out), "--vae", str(vae_dir), "--image-size", "16",
@@ -59,10 +60,31 @@ def test_extract_stores_the_latents_of_images_and_their_mirrors(vae_dir, tmp_pat
     assert main(argv) == 0
     state = torch.load(runs / "dit-synthetic" / "checkpoints" / "last.pth", weights_only=True)
     assert state["config"]["vae"] == str(vae_dir) and state["config"]["image_size"] == 16
+    capsys.readouterr()
+    assert main([*argv, "--resume", "auto"]) == 0  # the same flags: image_size and vae resolve as saved
+    assert "Resumed from" in capsys.readouterr().out
     assert main(["dit", "sample", str(runs / "dit-synthetic" / "checkpoints" / "last.pth"), "--num-samples", "2",
                  "--steps", "2", "--out", str(tmp_path / "s")]) == 0
     with np.load(tmp_path / "s" / "samples.npz") as npz:
         assert npz["arr_0"].shape == (2, 16, 16, 3)  # decoded: 8x8 latents -> 16x16 pixels
+
+
+def test_dit_sample_guides_the_first_3_channels_unless_told_all(vae_dir, tmp_path, capsys):
+    # A 4-channel latent model: DiT's release guides channels 0..2 only, and so does `dit sample` by default.
+    checkpoint = write_dit_checkpoint(tmp_path / "dit.pth", image_size=6, vae=str(vae_dir), vae_factor=2)
+    argv = ["dit", "sample", str(checkpoint), "--num-samples", "3", "--steps", "2", "--cfg-scale", "4"]
+    drawn = {}
+    for name, flags in {"default": [], "3": ["--guided-channels", "3"], "all": ["--guided-channels", "all"]}.items():
+        assert main([*argv, *flags, "--out", str(tmp_path / name)]) == 0
+        with np.load(tmp_path / name / "samples.npz") as npz:
+            drawn[name] = npz["arr_0"]
+    assert drawn["default"].shape == (3, 12, 12, 3)  # 6x6 latents decoded
+    assert np.array_equal(drawn["default"], drawn["3"]) and not np.array_equal(drawn["default"], drawn["all"])
+    capsys.readouterr()
+    assert main([*argv, "--guided-channels", "5", "--out", str(tmp_path / "x")]) == 2
+    assert "guided_channels must be a number of channels from 1 to 4 (the model's input channels) or all, got 5" \
+        in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
 
 
 def test_an_uncached_vae_is_named_with_how_to_get_it(tmp_path, monkeypatch):

@@ -13,7 +13,15 @@ import torch.multiprocessing as mp
 
 from gen_helpers import write_dit_checkpoint
 from weightformer.cli.main import main
-from weightformer.tasks.generation.sample import batch_seed, load_generator, sample_labels, sample_to_files
+from weightformer.diffusion import create_diffusion
+from weightformer.tasks.generation.sample import (
+    batch_seed,
+    guided_channels,
+    load_generator,
+    make_sampler,
+    sample_labels,
+    sample_to_files,
+)
 
 
 @pytest.fixture(scope="module")
@@ -87,3 +95,42 @@ def test_the_ema_weights_are_loaded_by_default(checkpoint):
     assert info["class_names"] == ["c0", "c1", "c2"] and info["image_size"] == 8
     for name, value in model.state_dict().items():
         assert torch.equal(value, state["ema"][f"module.{name}"])
+
+
+def _reference_guided_sampling(model, labels, size, scale, channels, seed, steps=2):
+    """DiT's sample.py written out: the noise twice, labels then "no class"; at each step the first half of the
+    batch goes through both ways, eps is guided on the first `channels` channels and the conditional prediction
+    kept on the others."""
+    generator = torch.Generator().manual_seed(seed)
+    z = torch.randn(len(labels), model.in_channels, size, size, generator=generator)
+    null = torch.full_like(labels, model.num_classes)
+
+    def guided(x, t, y):
+        half = x[: len(x) // 2]
+        cond, uncond = model(torch.cat([half, half]), t, y).chunk(2)  # (N, 2C, H, W) each: eps, variance values
+        mixed = cond.clone()
+        mixed[:, :channels] = uncond[:, :channels] + scale * (cond[:, :channels] - uncond[:, :channels])
+        return torch.cat([mixed, mixed])
+
+    diffusion = create_diffusion(str(steps))
+    with torch.no_grad():
+        out = diffusion.p_sample_loop(guided, (2 * len(labels), *z.shape[1:]), noise=torch.cat([z, z]),
+                                      model_kwargs=dict(y=torch.cat([labels, null])), generator=generator)
+    return out[: len(labels)]
+
+
+def test_sampling_guides_the_first_3_channels_by_default_as_the_release(tmp_path, one_thread):
+    model, _ = load_generator(write_dit_checkpoint(tmp_path / "latent.pth", image_size=6, vae="ema"))
+    assert model.in_channels == 4
+    labels, scale = torch.tensor([0, 2, 1]), 4.0
+    drawn = {guided: make_sampler("ddpm", 2, guided)(model, labels, 6, scale, torch.Generator().manual_seed(3))
+             for guided in (3, "all")}
+    default = make_sampler("ddpm", 2)(model, labels, 6, scale, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(default, _reference_guided_sampling(model, labels, 6, scale, 3, seed=3))
+    torch.testing.assert_close(drawn[3], default)
+    torch.testing.assert_close(drawn["all"], _reference_guided_sampling(model, labels, 6, scale, 4, seed=3))
+    assert (drawn["all"] - default).abs().max() > 1e-3  # guiding the 4th channel changes the samples
+    assert guided_channels("all", 4) == 4 and guided_channels(2, 4) == 2
+    for bad in (0, 5, "some", True):
+        with pytest.raises(ValueError, match=r"guided_channels must be a number of channels from 1 to 4"):
+            guided_channels(bad, 4)

@@ -83,16 +83,16 @@ def test_dynamic_linear_update_is_column_bounded_and_input_dependent():
     layer = DynamicLinear(16, 32)
     _randomise(layer)
     x = torch.randn(4, 6, 8, 16) * 5
-    delta = layer.predictor(x)  # (B, D, C): row j is column j of the SPEC's dW
+    delta = layer.predictor(x)  # (B, D, C): row j is column j of the paper's dW
     assert delta.shape == (4, 32, 16)
     assert (torch.linalg.vector_norm(delta, dim=-1) < 1).all()
     assert not torch.allclose(delta[0], delta[1])
 
 
 def test_dynamic_linear_divides_by_unpooled_token_count():
-    # The update sums over the Np pooled tokens but is divided by N = H*W (SPEC §2, a quirk the released weights
-    # depend on). Written out here step by step; dividing by Np instead gives a different (and here distinguishable)
-    # result, on even grids (N = 4 Np) and odd ones (N / Np is not 4).
+    # The update sums over the Np pooled tokens but is divided by N = H*W (the release's DynLinear, a quirk the
+    # released weights depend on). Written out here step by step; dividing by Np instead gives a different (and
+    # here distinguishable) result, on even grids (N = 4 Np) and odd ones (N / Np is not 4).
     torch.manual_seed(2)
     layer = DynamicLinear(8, 16).double()
     _randomise(layer)

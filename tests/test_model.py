@@ -16,7 +16,7 @@ def small_model(**kwargs) -> WeightFormer:
     return WeightFormer(**args)
 
 
-# -- sizes and costs (SPEC §3) -------------------------------------------------------------------------------
+# -- sizes and costs (README "Models") -----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(

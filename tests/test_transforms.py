@@ -1,4 +1,4 @@
-"""pretrained_cfg reproduces the release's evaluation transform (SPEC §4), on images of any aspect ratio."""
+"""pretrained_cfg reproduces the release's evaluation transform (its data/build.py), on images of any aspect ratio."""
 from __future__ import annotations
 
 import numpy as np

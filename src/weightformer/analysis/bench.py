@@ -6,7 +6,8 @@ is the median over rounds; the ratios are ratios of those medians.
 
 Contestants, for a WeightFormer variant and the DeiT of the same width:
 - "wfm": WeightFormer on the fast path (`weightformer.kernels`), eager;
-- "wfm_ref": WeightFormer on the plain PyTorch reference path, eager (the code the SPEC measured);
+- "wfm_ref": WeightFormer on the plain PyTorch reference path, eager (the release's computation: the
+  "reference" columns of benchmarks/RESULTS.md);
 - "deit": timm's DeiT, eager, `F.scaled_dot_product_attention` (FlashAttention on CUDA);
 - "wfm_compiled", "deit_compiled": the same under `torch.compile` (with `compile_mode` "on" or "both").
 

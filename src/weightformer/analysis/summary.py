@@ -25,7 +25,7 @@ __all__ = [
 # The DeiT of the same token width, the paper's baseline (timm names).
 DEIT_OF_WIDTH = {192: "deit_tiny_patch16_224", 384: "deit_small_patch16_224", 768: "deit_base_patch16_224"}
 
-# ImageNet-1K top-1 read off the paper's figure (SPEC §3), for the model table.
+# ImageNet-1K top-1 read off the paper's Fig. 1 (ImageNet accuracy against cost), for the model table.
 PAPER_TOP1 = {"weightformer_tiny": 76.3, "weightformer_small": 81.3, "weightformer_base": 83.4}
 
 

@@ -63,6 +63,9 @@ def _add_sample_parser(commands: argparse._SubParsersAction) -> None:
     sample.add_argument("--scheduler", choices=["ddpm", "ddim", "dpm++"], default="ddpm")
     sample.add_argument("--steps", type=int, default=50)
     sample.add_argument("--cfg-scale", type=float, default=4.0, help="classifier-free guidance (1: none)")
+    sample.add_argument("--guided-channels", type=_channels, default=3, metavar="N|all",
+                        help="channels guidance mixes: 3, the first 3 of 4 latent ones as DiT's release (default), "
+                        "or all")
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--classes", type=int, nargs="+", default=None, help="class ids, in turn (default: all)")
     sample.add_argument("--batch-size", type=int, default=64)
@@ -70,6 +73,16 @@ def _add_sample_parser(commands: argparse._SubParsersAction) -> None:
     sample.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     sample.add_argument("--out", required=True, metavar="DIR")
     sample.set_defaults(func=run_sample)
+
+
+def _channels(text: str) -> int | str:
+    """--guided-channels: a number, or "all"."""
+    if text == "all":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of channels or all, got {text!r}") from None
 
 
 def _add_fid_parser(commands: argparse._SubParsersAction) -> None:
@@ -108,7 +121,7 @@ def run_sample(args: argparse.Namespace) -> int:
 
     result = sample_to_files(args.checkpoint, args.out, args.num_samples, args.scheduler, args.steps,
                              args.cfg_scale, args.seed, args.classes, args.batch_size, args.device,
-                             use_ema=not args.no_ema)
+                             use_ema=not args.no_ema, guided=args.guided_channels)
     if result:
         print(f"{result['images']} samples in {result['seconds']:.1f} s: {result['npz']} (arr_0 uint8 NHWC, "
               f"arr_1 labels), grid {result['png']}")

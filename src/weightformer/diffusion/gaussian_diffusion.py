@@ -5,7 +5,8 @@ The process lives here, the network elsewhere: a model is any callable `model(x_
 (N, 2C, H, W) (the noise eps, then the variance interpolation values v in [-1, 1]) when the diffusion learns
 sigma, or (N, C, H, W) otherwise. All schedule arrays are float64; they are cast to the data's dtype at use.
 
-Facts followed (SPEC §5, DiT's `diffusion/`): linear beta schedule 1e-4 .. 0.02 over 1000 steps; eps prediction;
+Facts followed (DiT's `diffusion/`, with which the release trains WeightFormer-DiT: its README's "Image
+Generation"): linear beta schedule 1e-4 .. 0.02 over 1000 steps; eps prediction;
 log variance = frac * log(beta_t) + (1 - frac) * log(beta~_t) with frac = (v + 1) / 2; loss = MSE(eps, eps_hat) +
 the variational-bound term (bits per dimension) computed with the predicted mean detached, not rescaled; the
 bound's t = 0 term is the discretised Gaussian decoder likelihood. Respaced sampling (e.g. 250 of 1000 steps)

@@ -1,10 +1,12 @@
 """Training checkpoints: everything needed to continue a run exactly, written atomically.
 
 A checkpoint is a plain dict of tensors and Python containers (loadable with `weights_only=True`):
-model, optimizer, scheduler, grad scaler and EMA states, the position in training (epoch, batches done in
-that epoch, global step), the RNG states of python / numpy / torch (and CUDA), the resolved config and the
-class names. `model` is the bare state dict, so `weightformer.load_checkpoint` and `weightformer eval` read it
-directly.
+model, optimizer, grad scaler and EMA states; the position in training (epoch, samples done in that epoch,
+global step) with the world size and global batch that reached it; the best validation value so far and the
+counts of skipped and dropped samples; every process's RNG states of python / numpy / torch (and CUDA); the
+resolved config, the task's name and its extras (class names, ...). No scheduler state is saved: the learning
+rate is a function of the position and is recomputed from it on resumption. `model` is the bare state dict, so
+`weightformer.load_checkpoint` and `weightformer eval` read it directly.
 
 Layout of a run's folder: checkpoints/step-00001234.pth (numbered, pruned to the newest `keep`),
 checkpoints/last.pth and checkpoints/best.pth (hard links to numbered files' contents, or copies where the file

@@ -269,7 +269,8 @@ class WeightFormerDiT(nn.Module):
 
     def initialize_weights(self) -> None:
         # Initialize linear layers (xavier, zero bias), except inside the dynamic layers, which keep their own
-        # initialisation (SPEC §2: truncated normal 0.02 for W0, b, W1, W2 and the predictor's projection).
+        # initialisation (the release's model/wfm.py: truncated normal 0.02 for W0, b, W1, W2 and the predictor's
+        # projection).
         dynamic = {id(m) for layer in self.modules() if isinstance(layer, (DynamicLinear, DynamicDWConv2d))
                    for m in layer.modules()}
         for module in self.modules():

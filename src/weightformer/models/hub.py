@@ -4,10 +4,10 @@
   "architecture", "num_classes", "model_args" (the constructor arguments) and "pretrained_cfg" (the input size
   and evaluation transform). timm itself loads it: `timm.create_model("local-dir:FOLDER", pretrained=True)`, or
   `hf-hub:owner/name` once pushed.
-- The release's layout (RuizeHe/weightformer-{t,s,b}, huggingface_hub's PyTorchModelHubMixin, SPEC §4):
-  config.json holds the reference code's constructor arguments (img_size, patch_size, in_chans, num_classes,
-  embed_dim, depth, mlp_ratio, qkv_bias, representation_size, distilled, drop_rate, attn_drop_rate,
-  drop_path_rate) and model.safetensors the release's key names, translated at load time.
+- The release's layout (RuizeHe/weightformer-{t,s,b}, huggingface_hub's PyTorchModelHubMixin; the release's
+  model/hub_models.py): config.json holds the reference code's constructor arguments (img_size, patch_size,
+  in_chans, num_classes, embed_dim, depth, mlp_ratio, qkv_bias, representation_size, distilled, drop_rate,
+  attn_drop_rate, drop_path_rate) and model.safetensors the release's key names, translated at load time.
 """
 
 import json

@@ -437,7 +437,8 @@ class WeightFormer(nn.Module):
 #                       Release checkpoints -> our parameter names              #
 #################################################################################
 
-# The release's names (SPEC §4) on the left, ours on the right; applied in order, first match wins.
+# The release's names (its model/wfm.py; README "Released checkpoints") on the left, ours on the right;
+# applied in order, first match wins.
 # The block rules are shared with WeightFormer-DiT, whose release names its blocks' layers the same way.
 RELEASE_BLOCK_KEY_RULES = [
     (r"^blocks\.(\d+)\.dwc\.w$", r"blocks.\1.token_mixer.static_weight"),
@@ -484,8 +485,9 @@ def checkpoint_filter_fn(state_dict: dict[str, Any], model: nn.Module | None = N
     """Map a released WeightFormer checkpoint (or one of ours) onto this module's parameter names.
 
     Accepts a raw state dict or a training checkpoint holding it under "model" / "state_dict", strips a
-    DistributedDataParallel "module." prefix, renames the release's keys (SPEC §4) and transposes the dynamic
-    linear layers' input-major W0 (C x 4C) to nn.Linear's (4C x C) layout. Our own state dicts pass through.
+    DistributedDataParallel "module." prefix, renames the release's keys (README "Released checkpoints") and
+    transposes the dynamic linear layers' input-major W0 (C x 4C) to nn.Linear's (4C x C) layout. Our own state
+    dicts pass through.
     """
     for wrapper in ("model", "state_dict"):
         if wrapper in state_dict and isinstance(state_dict[wrapper], dict):

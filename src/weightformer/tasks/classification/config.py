@@ -1,4 +1,4 @@
-"""Classification runs: the engine's values plus data, model, augmentation and loss (SPEC §6 by default).
+"""Classification runs: the engine's values plus data, model, augmentation and loss (the release's recipe by default).
 
 The dataclass defaults are the release's ImageNet recipe for WeightFormer-T; the recipes in `configs/`
 (`tiny`, `small`, `base`, `synthetic`) state whole recipes, and every value is a command-line flag.

@@ -41,7 +41,7 @@ def _seeded(seed: int) -> Iterator[None]:
 
 
 class FolderDataset(ImageFolder):
-    """ImageFolder whose items may carry their own seed and whose unreadable images come back as None.
+    """ImageFolder whose items may carry their own seed and whose unreadable images come back as `Unreadable`.
 
     `dataset[(index, seed)]` applies the transform under `seed`; `dataset[index]` under the ambient RNGs.
     An image that cannot be decoded yields `Unreadable(path and reason)` instead of raising, so one bad file
@@ -117,7 +117,8 @@ def check_splits(data_dir: str | Path, train_split: str | None, val_split: str |
 
 def eval_transform(img_size: int, crop_pct: float = 224 / 256, interpolation: str = "bicubic",
                    mean: Sequence[float] = IMAGENET_DEFAULT_MEAN, std: Sequence[float] = IMAGENET_DEFAULT_STD):
-    """The release's evaluation transform (SPEC §4): resize to floor(size / crop_pct), centre crop, normalise."""
+    """The release's evaluation transform (its data/build.py): resize to floor(size / crop_pct), centre crop,
+    normalise."""
     return create_transform(img_size, is_training=False, crop_pct=crop_pct, interpolation=interpolation,
                             mean=tuple(mean), std=tuple(std))
 

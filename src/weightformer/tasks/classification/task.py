@@ -23,7 +23,8 @@ __all__ = ["ClassificationTask", "train"]
 
 
 class ClassificationTask(ClassifierValidation, Task):
-    """ImageNet-style classification: the release's recipe (SPEC §6) or the embedded synthetic default."""
+    """ImageNet-style classification: the release's recipe (README "Training and evaluation") or the embedded
+    synthetic default."""
 
     name = "classification"
     best_metric, best_is_higher = "top1", True

@@ -16,7 +16,7 @@ import torch
 
 from ...models import create_model
 from .metrics import classifier_scorer, frechet_distance, gaussian_stats, load_images
-from .sample import generate, load_generator, make_sampler, sample_labels
+from .sample import generate, guided_channels, load_generator, make_sampler, sample_labels
 
 __all__ = ["train_judge", "judge_run"]
 
@@ -39,21 +39,25 @@ def train_judge(data_dir: Path, image_size: int, output_dir: Path, epochs: int =
 
 def judge_run(checkpoint: Path, data_dir: Path, classifier: Path, samples_per_class: int = 50,
               scheduler: str = "ddpm", steps: int = 25, cfg_scale: float = 4.0, seed: int = 0,
-              batch_size: int = 64) -> dict[str, Any]:
-    """Accuracy (%) of the guided samples under the judge, and classifier-feature FIDs against the val images:
-    {"accuracy", "fid", "fid_floor", "fid_untrained", "untrained_accuracy", "samples"}."""
+              batch_size: int = 64, guided: int | str = 3) -> dict[str, Any]:
+    """Accuracy (%) of the guided samples under the judge, and classifier-feature FIDs against the val images,
+    with the settings that drew them: {"accuracy", "fid", "fid_floor", "untrained_fid", "untrained_accuracy",
+    "samples", "scheduler", "steps", "cfg_scale", "guided_channels", "seed", "checkpoint", "classifier"}.
+    guided: the channels guidance mixes, 3 (DiT's release) or "all"; the number it resolves to is recorded."""
     model, info = load_generator(checkpoint)
     size, config = info["image_size"], info["config"]
     untrained = create_model(config["model"], input_size=size, in_channels=model.in_channels,
                              num_classes=model.num_classes, **config.get("model_kwargs", {})).eval()
     labels = sample_labels(samples_per_class * model.num_classes, model.num_classes)
-    sampler = make_sampler(scheduler, steps)
+    sampler = make_sampler(scheduler, steps, guided)
     scorer = classifier_scorer(classifier)
     reference = load_images(data_dir / config.get("val_split", "val"))
     ref_stats = gaussian_stats(scorer(reference)[0])
     train_images = load_images(data_dir / config.get("train_split", "train"), limit=len(reference))
-    out = {"samples": len(labels), "fid_floor": frechet_distance(*gaussian_stats(scorer(train_images)[0]),
-                                                                 *ref_stats)}
+    out = {"samples": len(labels), "scheduler": scheduler, "steps": steps, "cfg_scale": cfg_scale,
+           "guided_channels": guided_channels(guided, model.in_channels), "seed": seed,
+           "checkpoint": str(checkpoint), "classifier": str(classifier),
+           "fid_floor": frechet_distance(*gaussian_stats(scorer(train_images)[0]), *ref_stats)}
     for name, net in (("", model), ("untrained_", untrained)):
         batches = range((len(labels) + batch_size - 1) // batch_size)
         drawn = generate(net, labels, size, sampler, seed, batch_size, batches, cfg_scale, torch.device("cpu"))

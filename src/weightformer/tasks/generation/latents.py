@@ -24,8 +24,8 @@ import torch
 import torch.nn as nn
 from torchvision import transforms
 
-__all__ = ["VAE_SCALE", "VAES", "load_vae", "vae_decoder", "vae_factor", "extract_latents", "LatentDataset",
-           "read_meta"]
+__all__ = ["VAE_SCALE", "VAES", "load_vae", "same_vae", "vae_decoder", "vae_factor", "extract_latents",
+           "LatentDataset", "read_meta"]
 
 VAE_SCALE = 0.18215
 VAES = {"ema": "stabilityai/sd-vae-ft-ema", "mse": "stabilityai/sd-vae-ft-mse"}
@@ -45,6 +45,14 @@ def load_vae(name: str, device: torch.device | str = "cpu") -> nn.Module:
                          f"network run `huggingface-cli download {repo}` and copy its cache (~/.cache/huggingface) "
                          "here, or pass a folder written by save_pretrained.") from None
     return vae.to(device).eval().requires_grad_(False)
+
+
+def same_vae(a: str, b: str) -> bool:
+    """Whether two names of a VAE name the same one: "ema" and "stabilityai/sd-vae-ft-ema", or one folder."""
+    a, b = VAES.get(a, a), VAES.get(b, b)
+    if Path(a).is_dir() and Path(b).is_dir():
+        return Path(a).resolve() == Path(b).resolve()
+    return a == b
 
 
 def vae_factor(vae: nn.Module) -> int:

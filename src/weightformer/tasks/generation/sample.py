@@ -28,10 +28,11 @@ from ...engine.distributed import Dist, setup_distributed, teardown_distributed
 from ...models import create_model, load_checkpoint, read_state_dict
 from .latents import load_vae, vae_decoder, vae_factor
 
-__all__ = ["SCHEDULERS", "load_generator", "make_sampler", "sample_labels", "batch_seed", "to_uint8",
-           "generate", "sample_to_files", "save_npz"]
+__all__ = ["SCHEDULERS", "GUIDE_ALL", "load_generator", "guided_channels", "make_sampler", "sample_labels",
+           "batch_seed", "to_uint8", "generate", "sample_to_files", "save_npz"]
 
 SCHEDULERS = ("ddpm", "ddim", "dpm++")
+GUIDE_ALL = "all"  # guided_channels: guide every input channel
 
 
 def load_generator(checkpoint: str | Path, use_ema: bool = True) -> tuple[nn.Module, dict[str, Any]]:
@@ -61,11 +62,26 @@ def latent_channels(config: dict[str, Any]) -> int:
     return config.get("latent_channels") or (4 if config.get("vae") else 3)
 
 
-def make_sampler(name: str, steps: int) -> Callable[..., torch.Tensor]:
+def guided_channels(value: int | str, in_channels: int) -> int:
+    """How many leading channels classifier-free guidance mixes: `value` (a number) or "all" (`in_channels`).
+
+    DiT's release guides the first 3 of its 4 latent channels (the 4th takes the conditional prediction) and its
+    FID numbers depend on it, so 3 is the default wherever this package samples; "all" is the textbook form.
+    """
+    if value == GUIDE_ALL:
+        return in_channels
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= in_channels:
+        raise ValueError(f"guided_channels must be a number of channels from 1 to {in_channels} (the model's input "
+                         f"channels) or {GUIDE_ALL}, got {value!r}.")
+    return value
+
+
+def make_sampler(name: str, steps: int, guided: int | str = 3) -> Callable[..., torch.Tensor]:
     """A function (model, labels, size, cfg_scale, generator) -> samples for the scheduler `name`.
 
     ddpm: DiT's ancestral sampler with `steps` respaced steps (learned variance); ddim and dpm++: diffusers'
     DDIMScheduler and DPMSolverMultistepScheduler (second order, "dpmsolver++") on DiT's linear schedule.
+    guided: the channels guidance mixes, a number or "all" (see `guided_channels`).
     """
     if name not in SCHEDULERS:
         raise ValueError(f"Unknown scheduler {name!r}; choose from {', '.join(SCHEDULERS)}.")
@@ -75,7 +91,7 @@ def make_sampler(name: str, steps: int) -> Callable[..., torch.Tensor]:
         diffusion = create_diffusion(str(steps))
         return lambda model, labels, size, cfg_scale, generator: ddpm_sample(
             model, diffusion, labels, size, cfg_scale=cfg_scale, generator=generator,
-            guided_channels=model.in_channels)
+            guided_channels=guided_channels(guided, model.in_channels))
     import diffusers
 
     common = dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02)
@@ -84,7 +100,7 @@ def make_sampler(name: str, steps: int) -> Callable[..., torch.Tensor]:
         scheduler = (diffusers.DDIMScheduler(**common, clip_sample=False) if name == "ddim" else
                      diffusers.DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++"))
         return sample(model, scheduler, labels, size, num_inference_steps=steps, cfg_scale=cfg_scale,
-                      generator=generator, guided_channels=model.in_channels)
+                      generator=generator, guided_channels=guided_channels(guided, model.in_channels))
 
     return run
 
@@ -137,17 +153,20 @@ def save_npz(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
 
 def sample_to_files(checkpoint: str | Path, out_dir: str | Path, num_samples: int, scheduler: str = "ddpm",
                     steps: int = 50, cfg_scale: float = 4.0, seed: int = 0, classes: Sequence[int] | None = None,
-                    batch_size: int = 64, device: str = "auto", use_ema: bool = True) -> dict[str, Any]:
+                    batch_size: int = 64, device: str = "auto", use_ema: bool = True,
+                    guided: int | str = 3) -> dict[str, Any]:
     """Sample a checkpoint into <out_dir>/samples.npz and samples.png; data parallel under torchrun.
 
     Each rank draws its batches and writes them to <out_dir>/shards/; rank 0 gathers them in index order into
-    one npz and removes the shards. Returns {"npz", "png", "images", "seconds"} (on rank 0).
+    one npz and removes the shards. guided: the channels guidance mixes, 3 (DiT's release) or "all". Returns
+    {"npz", "png", "images", "seconds"} (on rank 0).
     """
     if num_samples < 1 or batch_size < 1:
         raise ValueError(f"--num-samples and --batch-size must be positive, got {num_samples} and {batch_size}.")
     model, info = load_generator(checkpoint, use_ema)  # every rank checks its input before joining the group
     labels = sample_labels(num_samples, len(info["class_names"]), classes)
-    sampler = make_sampler(scheduler, steps)
+    guided_channels(guided, model.in_channels)  # refused here, before any VAE is loaded or process group joined
+    sampler = make_sampler(scheduler, steps, guided)
     vae = load_vae(info["config"]["vae"]) if info["config"].get("vae") else None  # latents: decode them
     d = setup_distributed(device)
     try:

@@ -11,6 +11,7 @@ grid of guided samples, one row per class.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,31 +33,40 @@ from ...engine.task import Datasets, Task
 from ...models import create_model
 from ..classification.data import FolderDataset, check_splits, collate_images
 from ..classification.synthetic import dataset_folder
-from .latents import LatentDataset, load_vae, read_meta, vae_decoder
+from .latents import LatentDataset, load_vae, read_meta, same_vae, vae_decoder
+from .sample import guided_channels
 
 __all__ = ["GenerationConfig", "GenerationTask", "load_config", "add_config_arguments", "config_from_args", "train"]
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "generation"
 DEFAULT_RECIPE = "synthetic"
+PIXEL_SIZE = 32  # image_size of a pixel run left unset (an image folder, or the embedded set at its default)
 
 
 @dataclass
 class GenerationConfig(EngineConfig):
-    """Everything a generation run depends on (DiT's recipe by default: AdamW 1e-4, no decay, EMA 0.9999)."""
+    """Everything a generation run depends on. Optimisation values are the engine's unless a recipe sets them:
+    DiT trains with AdamW lr 1e-4, no weight decay, EMA 0.9999; configs/generation/ holds the embedded default."""
 
     data_dir: str | None = None  # ImageNet layout (<data_dir>/train/<class>/*), or "synthetic"
     latents_dir: str | None = None  # train on latents from `weightformer dit extract` instead of pixels
-    vae: str | None = None  # the latents' VAE (read from latents_dir), decodes the samples
+    # The latents' VAE, which decodes the samples; unset: read from latents_dir's meta.json (latent runs only).
+    vae: str | None = None
     train_split: str = "train"
     val_split: str = "val"
     synthetic: dict[str, Any] = field(default_factory=dict)
     model: str = "weightformer_dit_s_2"
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # hidden_size, depth, patch_size, ...
-    image_size: int = 32
+    # Pixels per side. Unset: the latents' extraction size, the embedded dataset's size, or 32 for a folder.
+    # The run records the resolved value; a value that contradicts the latents is refused.
+    image_size: int | None = None
     hflip: float = 0.5
     samples_per_class: int = free(2)  # the report's grid
     sample_steps: int = free(50)  # respaced DDPM steps for the report
     cfg_scale: float = free(4.0)
+    # Channels classifier-free guidance mixes in the report's grid: 3 (DiT's release: the first 3 of 4 latent
+    # channels) or "all". Pixel models have 3 channels, so only latent runs see a difference.
+    guided_channels: int | str = free(3)
     # After training, judge the samples with a classifier trained on the real images (judge.py); 0: off.
     judge_samples_per_class: int = free(0)
     judge_epochs: int = free(3)
@@ -91,6 +101,32 @@ class WithIndex(Dataset):
         return sample if isinstance(sample, Unreadable) else (*sample, index)
 
 
+def _resolve_data_values(cfg: GenerationConfig, meta: dict[str, Any] | None) -> None:
+    """Fill the unset image_size and vae from the data, refusing values that contradict the latents' meta.json.
+
+    The resolved values are written into cfg, so the checkpoints record what the run used (`dit sample` reads
+    them) and a resumption with the same flags, unset or equal, compares equal to the saved config.
+    """
+    if meta is None:
+        if cfg.vae is not None:
+            raise ValueError(f"vae {cfg.vae!r} is for latent runs only: set latents_dir (its meta.json names the "
+                             "VAE) or leave vae unset to train on pixels.")
+        if cfg.image_size is None:  # the embedded dataset's own size (its generator's default is 32 px too)
+            embedded = cfg.data_dir == "synthetic"
+            cfg.image_size = cfg.synthetic.get("image_size", PIXEL_SIZE) if embedded else PIXEL_SIZE
+        return
+    where = f"the latents in {cfg.latents_dir}"
+    size, vae = meta["image_size"], meta["vae"]
+    if cfg.image_size is not None and cfg.image_size != size:
+        raise ValueError(f"image_size {cfg.image_size} conflicts with {where} (extracted at {size} px): leave "
+                         f"image_size unset to take theirs, or extract the images again with `weightformer dit "
+                         f"extract ... --image-size {cfg.image_size}`.")
+    if cfg.vae is not None and not same_vae(cfg.vae, vae):
+        raise ValueError(f"vae {cfg.vae!r} conflicts with {where} (encoded with {vae!r}): leave vae unset to take "
+                         f"theirs, or extract the images again with `weightformer dit extract ... --vae {cfg.vae}`.")
+    cfg.image_size, cfg.vae = size, vae  # the meta's spelling of the VAE, so resumptions compare equal
+
+
 class GenerationTask(Task):
     """Class-conditional image generation: WeightFormer-DiT trained with DiT's hybrid loss."""
 
@@ -102,10 +138,11 @@ class GenerationTask(Task):
         self.meta: dict[str, Any] | None = None  # latent runs: what `dit extract` wrote
         if cfg.latents_dir is not None:
             self.meta = read_meta(cfg.latents_dir)
-            cfg.vae, cfg.image_size = self.meta["vae"], self.meta["image_size"]  # recorded in the checkpoints
         elif cfg.data_dir is None:
             raise ValueError("No dataset: set data_dir (an ImageNet-layout folder), --data-dir synthetic, or "
                              "latents_dir (from `weightformer dit extract`).")
+        _resolve_data_values(cfg, self.meta)
+        guided_channels(cfg.guided_channels, self.meta["latent_channels"] if self.meta else 3)  # refused now
         from ...models.dit import DIT_CONFIGS
 
         patch = cfg.model_kwargs.get("patch_size", DIT_CONFIGS.get(cfg.model, {}).get("patch_size", 1))
@@ -159,7 +196,7 @@ class GenerationTask(Task):
                             num_classes=len(self.classes), **cfg.model_kwargs)
 
     def training_loss(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        images, labels = batch  # (B, 3, H, W) in [-1, 1], (B,)
+        images, labels = batch  # (B, C, H, W) images in [-1, 1] or VAE latents, (B,)
         t = torch.randint(0, self.diffusion.num_timesteps, (len(images),), device=images.device)
         return self.diffusion.training_losses(model, images, t, dict(y=labels))["loss"].mean()
 
@@ -193,7 +230,8 @@ class GenerationTask(Task):
         labels = torch.arange(len(self.classes), device=d.device).repeat_interleave(cfg.samples_per_class)
         generator = torch.Generator(device=d.device).manual_seed(0)
         images = ddpm_sample(model, create_diffusion(str(cfg.sample_steps)), labels, self.input_size,
-                             cfg_scale=cfg.cfg_scale, generator=generator, guided_channels=model.in_channels)
+                             cfg_scale=cfg.cfg_scale, generator=generator,
+                             guided_channels=guided_channels(cfg.guided_channels, model.in_channels))
         if self.meta is not None:  # latents -> pixels
             with torch.no_grad():
                 images = vae_decoder(load_vae(cfg.vae, d.device))(images)  # (N, 3, H, W) in about [-1, 1]
@@ -203,7 +241,8 @@ class GenerationTask(Task):
 
 
 def train(cfg: GenerationConfig) -> dict[str, Any]:
-    """Train (or resume) the generation run `cfg` describes; then judge it when cfg.judge_samples_per_class."""
+    """Train (or resume) the generation run `cfg` describes; then judge it when cfg.judge_samples_per_class and
+    write the judge's numbers to <run>/judge.json (they are also returned under "judge")."""
     result = fit(GenerationTask(cfg))
     judge = cfg.judge_samples_per_class > 0 and cfg.latents_dir is None  # the judge works on pixels
     if judge and not result.get("preempted") and os.environ.get("RANK", "0") == "0":
@@ -213,5 +252,7 @@ def train(cfg: GenerationConfig) -> dict[str, Any]:
         data_dir = dataset_folder(cfg.data_dir, cfg.synthetic)
         classifier = train_judge(data_dir, cfg.image_size, run_dir, cfg.judge_epochs)
         result["judge"] = judge_run(run_dir / "checkpoints" / "last.pth", data_dir, classifier,
-                                    cfg.judge_samples_per_class, cfg.judge_scheduler, cfg.judge_steps, cfg.cfg_scale)
+                                    cfg.judge_samples_per_class, cfg.judge_scheduler, cfg.judge_steps, cfg.cfg_scale,
+                                    guided=cfg.guided_channels)
+        (run_dir / "judge.json").write_text(json.dumps(result["judge"], indent=1) + "\n")
     return result
