@@ -21,7 +21,7 @@ from torchvision import transforms
 
 from ...diffusion import create_diffusion, ddpm_sample
 from ...engine import config as engine_config
-from ...engine.config import EngineConfig, free
+from ...engine.config import EngineConfig, free, setting
 from ...engine.distributed import Dist, all_reduce_sum
 from ...engine.loop import fit
 from ...engine.task import Datasets, Task
@@ -29,6 +29,7 @@ from ...models import create_model
 from ..classification.data import FolderDataset, check_splits, collate_images
 from ..classification.synthetic import dataset_folder
 from .latents import LatentDataset, load_vae, read_meta, vae_decoder
+from .sample import SCHEDULERS
 
 __all__ = ["GenerationConfig", "GenerationTask", "load_config", "add_config_arguments", "config_from_args", "train"]
 
@@ -48,16 +49,16 @@ class GenerationConfig(EngineConfig):
     synthetic: dict[str, Any] = field(default_factory=dict)
     model: str = "weightformer_dit_s_2"
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # hidden_size, depth, patch_size, ...
-    image_size: int = 32
-    hflip: float = 0.5
-    samples_per_class: int = free(2)  # the report's grid
-    sample_steps: int = free(50)  # respaced DDPM steps for the report
-    cfg_scale: float = free(4.0)
+    image_size: int = setting(32, ge=1)
+    hflip: float = setting(0.5, ge=0, le=1)
+    samples_per_class: int = free(2, ge=1)  # the report's grid
+    sample_steps: int = free(50, ge=1)  # respaced DDPM steps for the report
+    cfg_scale: float = free(4.0, ge=0)  # classifier-free guidance; 1: none
     # After training, judge the samples with a classifier trained on the real images (judge.py); 0: off.
-    judge_samples_per_class: int = free(0)
-    judge_epochs: int = free(3)
-    judge_scheduler: str = free("ddpm")
-    judge_steps: int = free(25)
+    judge_samples_per_class: int = free(0, ge=0)
+    judge_epochs: int = free(3, ge=1)
+    judge_scheduler: str = free("ddpm", choices=SCHEDULERS)
+    judge_steps: int = free(25, ge=1)
 
 
 def load_config(name_or_path: str | Path | None = DEFAULT_RECIPE, **overrides: Any) -> GenerationConfig:
