@@ -193,8 +193,6 @@ class Engine:
         self.lr = peak_lr(cfg, d.world_size)
         self.optimizer = build_optimizer(self.model, cfg, self.lr)
         self.scheduler = build_scheduler(self.optimizer, cfg, self.steps_per_epoch)
-        if cfg.amp and cfg.amp_dtype not in ("float16", "bfloat16"):
-            raise ValueError(f"amp_dtype must be float16 or bfloat16, not {cfg.amp_dtype!r}.")
         self.amp_dtype = getattr(torch, cfg.amp_dtype) if cfg.amp else None
         self.scaler = torch.amp.GradScaler(d.device.type, enabled=self.amp_dtype == torch.float16)
         if state is not None:

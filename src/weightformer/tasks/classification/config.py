@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ...engine import config as engine_config
-from ...engine.config import EngineConfig
+from ...engine.config import EngineConfig, setting
 
 __all__ = ["ClassificationConfig", "CONFIG_DIR", "DEFAULT_RECIPE", "list_recipes", "load_config",
            "add_config_arguments", "config_from_args"]
@@ -36,26 +36,27 @@ class ClassificationConfig(EngineConfig):
     # -- model ------------------------------------------------------------------------------------------------
     model: str = "weightformer_tiny"
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # constructor overrides (embed_dim, depth, ...)
-    img_size: int = 224
-    drop_path: float = 0.0
+    img_size: int = setting(224, ge=1)
+    drop_path: float = setting(0.0, ge=0, lt=1)
     initial_checkpoint: str | None = None  # start from these weights (e.g. the release's, to fine-tune)
 
-    # -- augmentation and loss --------------------------------------------------------------------------------
-    auto_augment: str | None = "rand-m9-mstd0.5-inc1"
-    color_jitter: float = 0.4
-    reprob: float = 0.25
-    remode: str = "pixel"
-    recount: int = 1
-    hflip: float = 0.5
-    scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
-    interpolation: str = "bicubic"
-    crop_pct: float = 224 / 256  # evaluation: resize to size / crop_pct, centre crop
-    mixup: float = 0.8
-    cutmix: float = 1.0
-    mixup_prob: float = 1.0
-    mixup_switch_prob: float = 0.5
-    mixup_mode: str = "batch"
-    smoothing: float = 0.1
+    # -- augmentation and loss (timm's names and meanings) ----------------------------------------------------
+    auto_augment: str | None = "rand-m9-mstd0.5-inc1"  # any timm auto-augment string; None: off
+    color_jitter: float = setting(0.4, ge=0)
+    reprob: float = setting(0.25, ge=0, le=1)  # random erasing: probability, fill mode, count
+    remode: str = setting("pixel", choices=("pixel", "rand", "const"))
+    recount: int = setting(1, ge=1)
+    hflip: float = setting(0.5, ge=0, le=1)
+    scale: list[float] = setting(factory=lambda: [0.08, 1.0], length=2, gt=0, le=1, increasing=True)  # crop areas
+    # PIL's resampling filters (not timm's "random": the evaluation transform needs one filter)
+    interpolation: str = setting("bicubic", choices=("bicubic", "bilinear", "nearest", "box", "hamming", "lanczos"))
+    crop_pct: float = setting(224 / 256, gt=0, le=1)  # evaluation: resize to size / crop_pct, centre crop
+    mixup: float = setting(0.8, ge=0)  # Mixup's and CutMix's beta-distribution alphas; 0: off
+    cutmix: float = setting(1.0, ge=0)
+    mixup_prob: float = setting(1.0, ge=0, le=1)
+    mixup_switch_prob: float = setting(0.5, ge=0, le=1)
+    mixup_mode: str = setting("batch", choices=("batch", "pair", "elem"))
+    smoothing: float = setting(0.1, ge=0, lt=1)
 
 
 def list_recipes() -> list[str]:

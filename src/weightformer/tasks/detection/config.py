@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ...engine import config as engine_config
-from ...engine.config import EngineConfig
+from ...engine.config import EngineConfig, free, setting
 
 __all__ = ["DetectionConfig", "CONFIG_DIR", "DEFAULT_RECIPE", "load_config", "add_config_arguments",
            "config_from_args"]
@@ -26,21 +26,22 @@ class DetectionConfig(EngineConfig):
     train_split: str = "train2017"
     val_split: str | None = "val2017"  # null: no evaluation during training
     synthetic: dict[str, Any] = field(default_factory=dict)  # make_detection_dataset arguments
-    num_classes: int = 80  # must match the annotation file's categories
+    num_classes: int = setting(80, ge=1)  # must match the annotation file's categories
 
     # -- model: torchvision's Mask R-CNN, ViTDet-style heads, on the simple feature pyramid -------------------
     backbone: str = "weightformer_tiny"  # a WeightFormer name, or a timm deit_* for the attention baseline
     model_kwargs: dict[str, Any] = field(default_factory=dict)
-    out_channels: int = 256  # width of the pyramid's maps
-    anchor_sizes: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 512])  # one per level, strides 4..64
-    rpn_convs: int = 2
-    head_channels: int = 256
-    box_convs: int = 4
-    box_fc: int = 1024
-    box_fcs: int = 1
-    mask_convs: int = 4
+    out_channels: int = setting(256, ge=1)  # width of the pyramid's maps
+    # One anchor size per pyramid level, strides 4..64 (the model checks the count against its levels).
+    anchor_sizes: list[int] = setting(factory=lambda: [32, 64, 128, 256, 512], nonempty=True, ge=1)
+    rpn_convs: int = setting(2, ge=0)
+    head_channels: int = setting(256, ge=1)
+    box_convs: int = setting(4, ge=0)  # the FPN recipe's box head has none
+    box_fc: int = setting(1024, ge=1)
+    box_fcs: int = setting(1, ge=1)  # the box predictor reads the last fc's box_fc features
+    mask_convs: int = setting(4, ge=1)  # the mask predictor reads head_channels-wide maps
     rcnn: dict[str, Any] = field(default_factory=dict)  # further torchvision MaskRCNN arguments (proposals, ...)
-    drop_path: float = 0.1
+    drop_path: float = setting(0.1, ge=0, lt=1)
     initial_checkpoint: str | None = None  # a classification checkpoint for the backbone (ours or the release's)
 
     # -- augmentation and sizes ----------------------------------------------------------------------------
@@ -48,14 +49,14 @@ class DetectionConfig(EngineConfig):
     # evaluation uses the last min_size. With scale_jitter (large-scale jitter, ViTDet's recipe) images are
     # rescaled by crop_size x U(scale_jitter) on their longer side and cropped or padded to crop_size squared,
     # and evaluation resizes the longer side to crop_size: min_size and max_size are then not used.
-    min_size: list[int] = field(default_factory=lambda: [800])
-    max_size: int = 1333
-    scale_jitter: list[float] | None = None
-    crop_size: int = 1024
-    hflip: float = 0.5
+    min_size: list[int] = setting(factory=lambda: [800], nonempty=True, ge=1)
+    max_size: int = setting(1333, ge=1)
+    scale_jitter: list[float] | None = setting(None, length=2, gt=0)  # [low, high] (the task checks low <= high)
+    crop_size: int = setting(1024, ge=1)
+    hflip: float = setting(0.5, ge=0, le=1)
 
     # -- reporting (free) ----------------------------------------------------------------------------------
-    draw_threshold: float = engine_config.free(0.5)  # score from which predictions are drawn in the report
+    draw_threshold: float = free(0.5, ge=0, le=1)  # score from which predictions are drawn in the report
 
 
 def load_config(name_or_path: str | Path | None = DEFAULT_RECIPE, **overrides: Any) -> DetectionConfig:

@@ -24,7 +24,7 @@ from torchvision import transforms
 
 from ...diffusion import create_diffusion, ddpm_sample
 from ...engine import config as engine_config
-from ...engine.config import EngineConfig, free
+from ...engine.config import EngineConfig, free, setting
 from ...engine.data import Unreadable
 from ...engine.distributed import Dist
 from ...engine.loop import fit
@@ -34,7 +34,7 @@ from ...models import create_model
 from ..classification.data import FolderDataset, check_splits, collate_images
 from ..classification.synthetic import dataset_folder
 from .latents import LatentDataset, load_vae, read_meta, same_vae, vae_decoder
-from .sample import guided_channels
+from .sample import SCHEDULERS, guided_channels
 
 __all__ = ["GenerationConfig", "GenerationTask", "load_config", "add_config_arguments", "config_from_args", "train"]
 
@@ -59,19 +59,19 @@ class GenerationConfig(EngineConfig):
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # hidden_size, depth, patch_size, ...
     # Pixels per side. Unset: the latents' extraction size, the embedded dataset's size, or 32 for a folder.
     # The run records the resolved value; a value that contradicts the latents is refused.
-    image_size: int | None = None
-    hflip: float = 0.5
-    samples_per_class: int = free(2)  # the report's grid
-    sample_steps: int = free(50)  # respaced DDPM steps for the report
-    cfg_scale: float = free(4.0)
+    image_size: int | None = setting(None, ge=1)
+    hflip: float = setting(0.5, ge=0, le=1)
+    samples_per_class: int = free(2, ge=1)  # the report's grid
+    sample_steps: int = free(50, ge=1)  # respaced DDPM steps for the report
+    cfg_scale: float = free(4.0, ge=0)  # classifier-free guidance; 1: none
     # Channels classifier-free guidance mixes in the report's grid: 3 (DiT's release: the first 3 of 4 latent
     # channels) or "all". Pixel models have 3 channels, so only latent runs see a difference.
     guided_channels: int | str = free(3)
     # After training, judge the samples with a classifier trained on the real images (judge.py); 0: off.
-    judge_samples_per_class: int = free(0)
-    judge_epochs: int = free(3)
-    judge_scheduler: str = free("ddpm")
-    judge_steps: int = free(25)
+    judge_samples_per_class: int = free(0, ge=0)
+    judge_epochs: int = free(3, ge=1)
+    judge_scheduler: str = free("ddpm", choices=SCHEDULERS)
+    judge_steps: int = free(25, ge=1)
 
 
 def load_config(name_or_path: str | Path | None = DEFAULT_RECIPE, **overrides: Any) -> GenerationConfig:

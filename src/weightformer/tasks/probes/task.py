@@ -8,13 +8,13 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ...engine.config import EngineConfig
+from ...engine.config import EngineConfig, setting
 from ...engine.distributed import Dist
 from ...engine.loop import fit
 from ...engine.task import Datasets, Task
 from ..classification.data import collate_images
 from ..classification.evaluate import ClassifierValidation
-from .data import Knobs, ProbeDataset
+from .data import PROBE_TASKS, Knobs, ProbeDataset
 from .models import build_probe_model
 
 __all__ = ["ProbeConfig", "ProbeTask", "train_probe"]
@@ -28,16 +28,17 @@ class ProbeConfig(EngineConfig):
     exactly that long), so every model of a comparison sees the same number of images, none of them twice.
     """
 
-    probe: str = "same_different"
+    probe: str = setting("same_different", choices=tuple(PROBE_TASKS))
     model: str = "weightformer"  # a model spec, see tasks/probes/models.py
     sizes: dict[str, Any] | None = None  # default width / depth / patch of the specs
+    # The knobs' ranges are Knobs.check's (data.py), run when the task is made.
     resolution: int = 64
     distance: float = 0.9
     size: float = 1 / 12
     distractors: int = 0
     colours: int = 6
-    steps: int = 400
-    val_images: int = 512
+    steps: int = setting(400, ge=1)
+    val_images: int = setting(512, ge=2)  # (both labels)
 
     # Engine values for short runs on a CPU.
     epochs: int = 1
@@ -68,8 +69,6 @@ class ProbeTask(ClassifierValidation, Task):
         super().__init__(cfg)
         if cfg.epochs != 1:
             raise ValueError(f"A probe run is one epoch of `steps` fresh batches; epochs must be 1, not {cfg.epochs}.")
-        if cfg.steps < 1 or cfg.val_images < 2:
-            raise ValueError(f"steps must be >= 1 and val_images >= 2, got {cfg.steps} and {cfg.val_images}.")
         cfg.knobs().check()
 
     def build_datasets(self, d: Dist) -> Datasets:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ...engine import config as engine_config
-from ...engine.config import EngineConfig
+from ...engine.config import EngineConfig, free, setting
 
 __all__ = ["SegmentationConfig", "CONFIG_DIR", "DEFAULT_RECIPE", "load_config", "add_config_arguments",
            "config_from_args"]
@@ -26,25 +26,26 @@ class SegmentationConfig(EngineConfig):
     train_split: str = "training"
     val_split: str = "validation"
     synthetic: dict[str, Any] = field(default_factory=dict)  # make_segmentation_dataset arguments
-    num_classes: int = 150
+    num_classes: int = setting(150, ge=1)
     reduce_zero_label: bool = True  # ADE20K: id 0 ("other") is ignored, 1..150 become 0..149
     class_names: list[str] | None = None
 
     # -- model: UperNet on the simple feature pyramid of an isotropic backbone -------------------------------
     backbone: str = "weightformer_small"  # a WeightFormer name, or a timm deit_* for the attention baseline
     model_kwargs: dict[str, Any] = field(default_factory=dict)
-    out_channels: int = 256  # width of the pyramid's maps
-    head_channels: int = 512  # width of UperNet
-    drop_path: float = 0.1
+    out_channels: int = setting(256, ge=1)  # width of the pyramid's maps
+    head_channels: int = setting(512, ge=1)  # width of UperNet
+    drop_path: float = setting(0.1, ge=0, lt=1)
     initial_checkpoint: str | None = None  # a classification checkpoint for the backbone (ours or the release's)
 
     # -- augmentation and inference -------------------------------------------------------------------------
-    scale: list[int] = field(default_factory=lambda: [2048, 512])  # images are resized to fit this
-    ratio_range: list[float] = field(default_factory=lambda: [0.5, 2.0])  # training: random rescale of `scale`
-    crop_size: int = 512
-    hflip: float = 0.5
-    inference: str = engine_config.free("whole")  # "whole" image, or "slide" windows of crop_size (free)
-    slide_stride: int = engine_config.free(341)
+    scale: list[int] = setting(factory=lambda: [2048, 512], length=2, ge=1)  # images are resized to fit this
+    # training: random rescale of `scale` by a factor in this range
+    ratio_range: list[float] = setting(factory=lambda: [0.5, 2.0], length=2, gt=0, increasing=True)
+    crop_size: int = setting(512, ge=1)
+    hflip: float = setting(0.5, ge=0, le=1)
+    inference: str = free("whole", choices=("whole", "slide"))  # the whole image, or windows of crop_size
+    slide_stride: int = free(341, ge=1)
 
 
 def load_config(name_or_path: str | Path | None = DEFAULT_RECIPE, **overrides: Any) -> SegmentationConfig:
