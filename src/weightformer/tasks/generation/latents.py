@@ -77,7 +77,6 @@ def extract_latents(data_dir: str | Path, out_dir: str | Path, vae_name: str = "
                     splits: tuple[str, ...] = ("train", "val"), batch_size: int = 32,
                     device: str = "cpu") -> dict[str, Any]:
     """Encode every image of data_dir/<split>/<class>/* (resized, centre-cropped, and flipped) into out_dir."""
-    from ...engine.data import Unreadable
     from ..classification.data import FolderDataset, check_splits
 
     data_dir, out_dir = Path(data_dir), Path(out_dir)
@@ -89,44 +88,48 @@ def extract_latents(data_dir: str | Path, out_dir: str | Path, vae_name: str = "
     to_unit = transforms.Compose([transforms.Resize(image_size), transforms.CenterCrop(image_size),
                                   transforms.ToTensor(), transforms.Normalize([0.5] * 3, [0.5] * 3)])
     out_dir.mkdir(parents=True, exist_ok=True)
-    counts = {}
-    for split in splits:
-        dataset = FolderDataset(str(data_dir / split), transform=to_unit)
-        side = image_size // factor
-        channels = vae.config.latent_channels
-        tmp = out_dir / f".{split}.npy.tmp"
-        latents = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16,
-                                            shape=(len(dataset), 2, channels, side, side))
-        labels = np.empty(len(dataset), dtype=np.int64)
-        n = skipped = 0
-        for start in range(0, len(dataset), batch_size):
-            items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-            readable = [item for item in items if not isinstance(item, Unreadable)]
-            for item in items:
-                if isinstance(item, Unreadable):
-                    print(f"Skipped an unreadable image: {item}", flush=True)
-            skipped += len(items) - len(readable)
-            if not readable:
-                continue
-            x = torch.stack([im for im, _ in readable]).to(device)  # (B, 3, S, S) in [-1, 1]
-            z = vae.encode(torch.cat([x, x.flip(-1)])).latent_dist.mean * VAE_SCALE  # images, then mirrored
-            latents[n:n + len(readable)] = torch.stack(z.chunk(2), dim=1).cpu().numpy()  # (B, 2, C, s, s)
-            labels[n:n + len(readable)] = [label for _, label in readable]
-            n += len(readable)
-        latents.flush()
-        np.save(out_dir / f"{split}-labels.npy", labels[:n])
-        if n < len(dataset):
-            np.save(out_dir / f"{split}.npy", np.asarray(latents[:n]))
-            del latents
-            tmp.unlink()
-        else:
-            del latents
-            tmp.rename(out_dir / f"{split}.npy")
-        counts[split] = dict(images=n, skipped=skipped)
+    counts = {split: _encode_split(vae, FolderDataset(str(data_dir / split), transform=to_unit), out_dir / split,
+                                   image_size // factor, batch_size, device) for split in splits}
     meta = dict(classes=classes, vae=vae_name, image_size=image_size, factor=factor,
                 latent_channels=vae.config.latent_channels, counts=counts)
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=1))
     return meta
+
+
+def _encode_split(vae: Any, dataset: Any, prefix: Path, side: int, batch_size: int, device: str) -> dict[str, int]:
+    """Encode one split's images and their mirror images to <prefix>.npy (N, 2, C, side, side) float16, labels to
+    <prefix>-labels.npy, through a memory-mapped temporary file; unreadable images are skipped and counted."""
+    from ...engine.data import Unreadable
+
+    tmp = prefix.with_name(f".{prefix.name}.npy.tmp")
+    latents = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16,
+                                        shape=(len(dataset), 2, vae.config.latent_channels, side, side))
+    labels = np.empty(len(dataset), dtype=np.int64)
+    n = skipped = 0
+    for start in range(0, len(dataset), batch_size):
+        items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        readable = [item for item in items if not isinstance(item, Unreadable)]
+        for item in items:
+            if isinstance(item, Unreadable):
+                print(f"Skipped an unreadable image: {item}", flush=True)
+        skipped += len(items) - len(readable)
+        if not readable:
+            continue
+        x = torch.stack([im for im, _ in readable]).to(device)  # (B, 3, S, S) in [-1, 1]
+        z = vae.encode(torch.cat([x, x.flip(-1)])).latent_dist.mean * VAE_SCALE  # images, then mirrored
+        latents[n:n + len(readable)] = torch.stack(z.chunk(2), dim=1).cpu().numpy()  # (B, 2, C, s, s)
+        labels[n:n + len(readable)] = [label for _, label in readable]
+        n += len(readable)
+    latents.flush()
+    np.save(prefix.with_name(f"{prefix.name}-labels.npy"), labels[:n])
+    if n < len(dataset):
+        np.save(prefix.with_name(f"{prefix.name}.npy"), np.asarray(latents[:n]))
+        del latents
+        tmp.unlink()
+    else:
+        del latents
+        tmp.rename(prefix.with_name(f"{prefix.name}.npy"))
+    return dict(images=n, skipped=skipped)
 
 
 class LatentDataset(torch.utils.data.Dataset):
