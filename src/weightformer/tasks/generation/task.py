@@ -9,8 +9,6 @@ so its value is comparable across epochs; the visual report is a grid of guided 
 
 from __future__ import annotations
 
-import argparse
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,9 +18,8 @@ import torch.nn as nn
 from torchvision import transforms
 
 from ...diffusion import create_diffusion, ddpm_sample
-from ...engine import config as engine_config
 from ...engine.config import EngineConfig, free
-from ...engine.distributed import Dist, all_reduce_sum
+from ...engine.distributed import Dist, all_reduce_sum, is_primary_process
 from ...engine.loop import fit
 from ...engine.task import Datasets, Task
 from ...models import create_model
@@ -30,10 +27,7 @@ from ..classification.data import FolderDataset, check_splits, collate_images
 from ..classification.synthetic import dataset_folder
 from .latents import LatentDataset, load_vae, read_meta, vae_decoder
 
-__all__ = ["GenerationConfig", "GenerationTask", "load_config", "add_config_arguments", "config_from_args", "train"]
-
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "generation"
-DEFAULT_RECIPE = "synthetic"
+__all__ = ["GenerationConfig", "GenerationTask", "build_generator", "checkpoint_model", "train"]
 
 
 @dataclass
@@ -60,16 +54,15 @@ class GenerationConfig(EngineConfig):
     judge_steps: int = free(25)
 
 
-def load_config(name_or_path: str | Path | None = DEFAULT_RECIPE, **overrides: Any) -> GenerationConfig:
-    return engine_config.load_config(GenerationConfig, CONFIG_DIR, name_or_path, **overrides)
+def build_generator(cfg: GenerationConfig, num_classes: int, input_size: int, in_channels: int) -> nn.Module:
+    """The WeightFormer-DiT a config describes, freshly initialised (input_size is only its default size)."""
+    return create_model(cfg.model, input_size=input_size, in_channels=in_channels, num_classes=num_classes,
+                        **cfg.model_kwargs)
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    engine_config.add_config_arguments(parser, GenerationConfig, CONFIG_DIR, DEFAULT_RECIPE)
-
-
-def config_from_args(args: argparse.Namespace) -> GenerationConfig:
-    return engine_config.config_from_args(args, GenerationConfig, CONFIG_DIR)
+def checkpoint_model(cfg: GenerationConfig, extras: dict[str, Any]) -> nn.Module:
+    """The network of a generation checkpoint: pixels, or the latents of Stable Diffusion's VAE (4 channels)."""
+    return build_generator(cfg, len(extras["class_names"]), cfg.image_size, 4 if cfg.vae else 3)
 
 
 class GenerationTask(Task):
@@ -132,8 +125,7 @@ class GenerationTask(Task):
     def build_model(self) -> nn.Module:
         cfg = self.cfg
         channels = self.meta["latent_channels"] if self.meta else 3
-        return create_model(cfg.model, input_size=self.input_size, in_channels=channels,
-                            num_classes=len(self.classes), **cfg.model_kwargs)
+        return build_generator(cfg, len(self.classes), self.input_size, channels)
 
     def training_loss(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         images, labels = batch  # (B, 3, H, W) in [-1, 1], (B,)
@@ -183,7 +175,7 @@ def train(cfg: GenerationConfig) -> dict[str, Any]:
     """Train (or resume) the generation run `cfg` describes; then judge it when cfg.judge_samples_per_class."""
     result = fit(GenerationTask(cfg))
     judge = cfg.judge_samples_per_class > 0 and cfg.latents_dir is None  # the judge works on pixels
-    if judge and not result.get("preempted") and os.environ.get("RANK", "0") == "0":
+    if judge and not result.get("preempted") and is_primary_process():
         from .judge import judge_run, train_judge
 
         run_dir = Path(result["run_dir"])
