@@ -329,7 +329,7 @@ def test_detect_train_refuses_what_it_cannot_train_on_in_one_line(shapes, tmp_pa
             *args]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert err.startswith("weightformer detect: error: ") and expected in err and len(err.splitlines()) == 1
+    assert err.startswith("weightformer detect train: error: ") and expected in err and len(err.splitlines()) == 1
     assert not (tmp_path / "runs").exists()
 
 

@@ -67,12 +67,14 @@ def _create_timm(name: str, pretrained: bool, **kwargs: Any) -> nn.Module:
         raise ValueError(f"Unknown model {name!r}: neither a WeightFormer ({', '.join(list_models('all'))}) nor a "
                          "timm model.")
     try:
-        return timm.create_model(name, pretrained=pretrained, **kwargs)
-    except TypeError as error:
-        if "img_size" not in kwargs or "'img_size'" not in str(error):
-            raise
-    kwargs.pop("img_size")
-    return timm.create_model(name, pretrained=pretrained, **kwargs)
+        try:
+            return timm.create_model(name, pretrained=pretrained, **kwargs)
+        except TypeError as error:
+            if "img_size" not in kwargs or "'img_size'" not in str(error):
+                raise
+        return timm.create_model(name, pretrained=pretrained, **{k: v for k, v in kwargs.items() if k != "img_size"})
+    except AssertionError as error:  # timm checks its arguments with asserts (e.g. width divisible by heads)
+        raise ValueError(f"timm's {name} does not take {kwargs}: {error}.") from None
 
 
 def _create_dit(
