@@ -22,7 +22,7 @@ def test_bench_command_writes_a_consistent_table_json_and_plot(tmp_path, capsys)
     out = tmp_path / "run"
     argv = ["bench", "--device", "cpu", "--resolutions", "96", "224", "--base-batch", "1", "--rounds", "2",
             "--warmup", "1", "--threads", "1"]
-    assert main([*argv, "--out", str(out)]) == 0
+    assert main([*argv, "-o", str(out)]) == 0
     printed = capsys.readouterr().out
     results = json.loads((tmp_path / "run.json").read_text())
     rows = {(r["resolution"], r["mode"], r["contestant"]): r for r in results["rows"]}
@@ -61,5 +61,5 @@ def test_generation_bench_times_weightformer_dit_against_dit_with_sdpa(capsys):
         ratio = rows[(*key, "wfm")]["images_per_s"] / rows[(*key, "dit")]["images_per_s"]
         assert entry["wfm/dit speed"] == pytest.approx(ratio)
         assert f"{entry['wfm/dit speed']:.2f}x" in format_results(results)
-    assert main(["bench", "--task", "generation", "--model", "tiny", "--out", "x"]) == 2
+    assert main(["bench", "--task", "generation", "--model", "tiny", "-o", "x"]) == 2
     assert "--model tiny is not a generation variant" in capsys.readouterr().err

@@ -9,6 +9,7 @@ import torch
 from gen_helpers import write_dit_checkpoint
 from train_helpers import tiny_config, tiny_dataset
 from weightformer.cli.main import main
+from weightformer.tasks import tasks
 from weightformer.tasks.classification import train
 
 
@@ -106,11 +107,11 @@ CASES = {
     "plot-empty": (lambda f: ["plot", f"{B}/run-empty"], "metrics.jsonl holds no metrics"),
     "plot-corrupt": (lambda f: ["plot", f"{B}/run-corrupt"], "metrics.jsonl line 1 is not a JSON record"),
     # bench
-    "bench-out-under-a-file": (lambda f: ["bench", "--device", "cpu", "--out", f"{B}/a-file/result"],
+    "bench-out-under-a-file": (lambda f: ["bench", "--device", "cpu", "-o", f"{B}/a-file/result"],
                                "{bad}/a-file is a file, not a folder"),
-    "bench-resolution": (lambda f: ["bench", "--device", "cpu", "--resolutions", "100", "--out", f"{B}/r"],
+    "bench-resolution": (lambda f: ["bench", "--device", "cpu", "--resolutions", "100", "-o", f"{B}/r"],
                          "multiples of the patch size 16"),
-    "bench-resolution-zero": (lambda f: ["bench", "--device", "cpu", "--resolutions", "0", "--out", f"{B}/r"],
+    "bench-resolution-zero": (lambda f: ["bench", "--device", "cpu", "--resolutions", "0", "-o", f"{B}/r"],
                               "got 0"),
     # detect
     "detect-train-no-data-dir": (lambda f: ["detect", "train", "--data-dir", "null", "--output-dir",
@@ -128,13 +129,13 @@ CASES = {
     "dit-train-size": (lambda f: ["dit", "train", "--data-dir", str(f["data"]), "--output-dir",
                                   str(f["root"] / "failed-runs"), "--image-size", "15"],
                        "image_size 15 must be a multiple of the patch size 2"),
-    "dit-sample-classifier": (lambda f: ["dit", "sample", str(f["checkpoint"]), "--out", f"{B}/s"],
+    "dit-sample-classifier": (lambda f: ["dit", "sample", str(f["checkpoint"]), "-o", f"{B}/s"],
                               "is a classification checkpoint, not a WeightFormer-DiT one"),
-    "dit-sample-weights": (lambda f: ["dit", "sample", f"{B}/other-architecture.pth", "--out", f"{B}/s"],
+    "dit-sample-weights": (lambda f: ["dit", "sample", f"{B}/other-architecture.pth", "-o", f"{B}/s"],
                            "is not a training checkpoint of this package, not a WeightFormer-DiT one"),
-    "dit-sample-class": (lambda f: ["dit", "sample", f"{B}/dit.pth", "--classes", "1", "3", "--out", f"{B}/s"],
+    "dit-sample-class": (lambda f: ["dit", "sample", f"{B}/dit.pth", "--classes", "1", "3", "-o", f"{B}/s"],
                          "Class ids must lie in 0..2 (the checkpoint has 3 classes); got 3"),
-    "dit-sample-vae": (lambda f: ["dit", "sample", f"{B}/dit-latent.pth", "--out", f"{B}/s"],
+    "dit-sample-vae": (lambda f: ["dit", "sample", f"{B}/dit-latent.pth", "-o", f"{B}/s"],
                        "VAE stabilityai/sd-vae-ft-ema is not in the local Hugging Face cache"),
     "dit-fid-samples": (lambda f: ["dit", "fid", f"{B}/missing.npz", str(f["data"]), "--classifier",
                                    str(f["checkpoint"])], "missing.npz is neither an .npz of samples"),
@@ -160,8 +161,9 @@ def test_bad_input_gets_one_line_and_exit_code_2(case, files, capsys):
     err = capsys.readouterr().err
     assert code == 2, err
     assert "Traceback" not in err
-    command = argv[0]
-    lines = [line for line in err.splitlines() if line.startswith(f"weightformer {command}")]
+    # Said by the command as typed: `weightformer train`, `weightformer detect predict`.
+    command = " ".join(argv[:2] if argv[0] in {spec.command for spec in tasks() if spec.verbs} else argv[:1])
+    lines = [line for line in err.splitlines() if line.startswith(f"weightformer {argv[0]}")]
     assert len(lines) == 1 and lines[0].startswith(f"weightformer {command}: error: "), err
     assert expected.replace(B, bad) in lines[0], lines[0]
     assert sorted(p.name for p in files["bad"].iterdir()) == before  # nothing written beside the inputs

@@ -236,8 +236,9 @@ def test_flags_are_checked_and_converted():
 ], ids=lambda x: x[-2] if isinstance(x, list) else None)
 def test_a_bad_flag_is_one_line_exit_2_and_no_run_folder(argv, expected, tmp_path, capsys):
     # A missing data folder: were the value not refused, the run would stop at once (with another message).
+    command = " ".join(argv[: next(i for i, word in enumerate(argv) if word.startswith("--"))])  # e.g. "segment train"
     argv = [*argv, "--output-dir", str(tmp_path / "runs"), "--data-dir", str(tmp_path / "no-data")]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert err == f"weightformer {argv[0]}: error: {expected}\n"
+    assert err == f"weightformer {command}: error: {expected}\n"
     assert list(tmp_path.iterdir()) == []

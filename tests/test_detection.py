@@ -15,7 +15,8 @@ from PIL import Image
 
 from weightformer.cli.main import main
 from weightformer.engine.data import Unreadable
-from weightformer.tasks.detection import coco_metrics, load_config, read_coco, to_coco_results, train
+from weightformer.tasks import load_config
+from weightformer.tasks.detection import coco_metrics, read_coco, to_coco_results, train
 from weightformer.tasks.detection.data import (
     CocoDetection,
     _hflip,
@@ -286,8 +287,9 @@ def test_cocoeval_scores_the_ground_truth_100_and_perturbed_predictions_lower(sh
 
 
 def test_detection_trains_on_the_engine_and_evaluates_and_predicts_from_its_checkpoint(shapes, tmp_path, capsys):
-    cfg = load_config("synthetic", data_dir=str(shapes), output_dir=str(tmp_path / "runs"), epochs=1, batch_size=8,
-                      model_kwargs=dict(embed_dim=16, depth=2), out_channels=16, head_channels=16, box_fc=32,
+    cfg = load_config("detection", "synthetic", data_dir=str(shapes), output_dir=str(tmp_path / "runs"), epochs=1,
+                      batch_size=8, model_kwargs=dict(embed_dim=16, depth=2), out_channels=16, head_channels=16,
+                      box_fc=32,
                       min_size=[64], max_size=64, workers=0, progress=False, tensorboard=False, log_interval=1,
                       deterministic=True, rcnn=dict(rpn_post_nms_top_n_test=50, box_detections_per_img=10))
     result = train(cfg)
@@ -307,7 +309,7 @@ def test_detection_trains_on_the_engine_and_evaluates_and_predicts_from_its_chec
     assert "No annotation file" in capsys.readouterr().err
 
     image = shapes / "val2017" / "000000000017.png"
-    assert main(["detect", "predict", str(image), "--checkpoint", str(checkpoint), "--out", str(tmp_path),
+    assert main(["detect", "predict", str(image), "--checkpoint", str(checkpoint), "-o", str(tmp_path),
                  "--threshold", "0"]) == 0
     assert capsys.readouterr().out.startswith(str(tmp_path / "000000000017-detections.png") + ": ")
     with Image.open(tmp_path / "000000000017-detections.png") as written:
@@ -327,7 +329,7 @@ def test_detect_train_refuses_what_it_cannot_train_on_in_one_line(shapes, tmp_pa
             *args]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert err.startswith("weightformer detect: error: ") and expected in err and len(err.splitlines()) == 1
+    assert err.startswith("weightformer detect train: error: ") and expected in err and len(err.splitlines()) == 1
     assert not (tmp_path / "runs").exists()
 
 
@@ -368,7 +370,7 @@ def test_detector_predicts_in_image_coordinates_and_decays_the_backbone_lr_by_la
 def test_multistep_schedule_of_the_1x_recipe():
     from weightformer.engine.optim import build_scheduler
 
-    cfg = load_config("coco-1x", data_dir="unused")
+    cfg = load_config("detection", "coco-1x", data_dir="unused")
     assert cfg.sched == "multistep" and cfg.decay_milestones == [8, 11] and cfg.epochs == 12
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
     scheduler = build_scheduler(optimizer, cfg, steps_per_epoch=100)
@@ -380,8 +382,9 @@ def test_multistep_schedule_of_the_1x_recipe():
     assert lrs[8.5] == lrs[10.9] == pytest.approx(1e-5) and lrs[11.5] == pytest.approx(1e-6)
     for bad in ([], [11, 8]):  # refused by the config, before anything is built
         with pytest.raises(ValueError, match="^decay_milestones must"):
-            load_config("coco-1x", decay_milestones=bad)
-    assert load_config("coco-lsj").scale_jitter == [0.1, 2.0] and load_config("coco-3x").epochs == 36
+            load_config("detection", "coco-1x", decay_milestones=bad)
+    assert load_config("detection", "coco-lsj").scale_jitter == [0.1, 2.0]
+    assert load_config("detection", "coco-3x").epochs == 36
 
 
 def _train_on_two(rank: int, port: int, data: str, out) -> None:
@@ -394,7 +397,7 @@ def _train_on_two(rank: int, port: int, data: str, out) -> None:
 
 
 def _tiny_config(data, runs, **overrides):
-    return load_config("synthetic", data_dir=str(data), output_dir=str(runs), epochs=1, batch_size=4,
+    return load_config("detection", "synthetic", data_dir=str(data), output_dir=str(runs), epochs=1, batch_size=4,
                        model_kwargs=dict(embed_dim=16, depth=2), out_channels=16, head_channels=16, box_fc=32,
                        min_size=[64], max_size=64, workers=0, progress=False, tensorboard=False, log_interval=1,
                        rcnn=dict(rpn_post_nms_top_n_test=50, box_detections_per_img=10, box_score_thresh=0.0),

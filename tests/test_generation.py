@@ -11,7 +11,12 @@ import torch
 
 from train_helpers import tiny_dataset
 from weightformer.cli.main import main
-from weightformer.tasks.generation import GenerationTask, load_config
+from weightformer.tasks import load_config as _load_config
+from weightformer.tasks.generation import GenerationTask
+
+
+def load_config(recipe: str | None = "synthetic", **overrides):
+    return _load_config("generation", recipe, **overrides)
 
 
 def test_dit_trains_on_the_engine_and_writes_a_sample_grid(tmp_path, capsys):

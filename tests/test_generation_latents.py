@@ -34,7 +34,7 @@ def vae_dir(tmp_path_factory):
 def test_extract_stores_the_latents_of_images_and_their_mirrors(vae_dir, tmp_path, capsys):
     data = tiny_dataset(tmp_path / "data")  # 9 classes x (4 train, 2 val), 16 px
     out = tmp_path / "latents"
-    assert main(["dit", "extract", str(data), "--out", str(out), "--vae", str(vae_dir), "--image-size", "16",
+    assert main(["dit", "extract", str(data), "-o", str(out), "--vae", str(vae_dir), "--image-size", "16",
                  "--batch-size", "5"]) == 0
     meta = json.loads((out / "meta.json").read_text())
     assert meta["factor"] == 2 and meta["counts"]["train"] == {"images": 36, "skipped": 0}
@@ -64,7 +64,7 @@ def test_extract_stores_the_latents_of_images_and_their_mirrors(vae_dir, tmp_pat
     assert main([*argv, "--resume", "auto"]) == 0  # the same flags: image_size and vae resolve as saved
     assert "Resumed from" in capsys.readouterr().out
     assert main(["dit", "sample", str(runs / "dit-synthetic" / "checkpoints" / "last.pth"), "--num-samples", "2",
-                 "--steps", "2", "--out", str(tmp_path / "s")]) == 0
+                 "--steps", "2", "-o", str(tmp_path / "s")]) == 0
     with np.load(tmp_path / "s" / "samples.npz") as npz:
         assert npz["arr_0"].shape == (2, 16, 16, 3)  # decoded: 8x8 latents -> 16x16 pixels
 

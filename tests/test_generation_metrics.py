@@ -91,9 +91,9 @@ def test_classifier_features_are_the_pre_logits_of_its_predictions(classifier):
     assert images.shape == (18, 16, 16, 3) and images.dtype == np.uint8
     features, probs = classifier_scorer(checkpoint, batch_size=5)(images)
     assert features.shape == (18, 16) and probs.shape == (18, 9)
-    from weightformer.tasks.classification.evaluate import load_model_for_eval
+    from weightformer.tasks.classification.evaluate import load_classifier
 
-    model, _ = load_model_for_eval(checkpoint)
+    model, _ = load_classifier(checkpoint)
     x = torch.stack([torch.from_numpy(im).permute(2, 0, 1).float() / 255 for im in images])
     mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
     with torch.no_grad():
@@ -108,13 +108,13 @@ def test_dit_fid_scores_samples_with_a_classifier(classifier, tmp_path, capsys):
     np.savez(tmp_path / "samples.npz", images, labels)
     out = tmp_path / "fid.json"
     assert main(["dit", "fid", str(tmp_path / "samples.npz"), str(data / "val"), "--classifier", str(checkpoint),
-                 "--splits", "2", "--json", str(out)]) == 0
+                 "--splits", "2", "-o", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["samples"] == 36 and result["reference"] == 18 and result["fid"] > 0
     assert 0 <= result["accuracy"] <= 100 and "classified as their conditioning class" in capsys.readouterr().out
     np.savez(tmp_path / "same.npz", images)  # a set against itself: distance 0
     main(["dit", "fid", str(tmp_path / "same.npz"), str(data / "train"), "--classifier", str(checkpoint),
-          "--json", str(out)])
+          "-o", str(out)])
     assert json.loads(out.read_text())["fid"] == pytest.approx(0.0, abs=1e-6)
 
 
@@ -191,7 +191,7 @@ def test_inception_fid_and_is_match_torch_fidelity(tmp_path, monkeypatch):
     for i, image in enumerate(reference):
         Image.fromarray(image).save(tmp_path / "ref" / f"{i:02d}.png")
     assert main(["dit", "fid", str(tmp_path / "samples.npz"), str(tmp_path / "ref"), "--splits", "3",
-                 "--json", str(tmp_path / "fid.json")]) == 0
+                 "-o", str(tmp_path / "fid.json")]) == 0
     ours = json.loads((tmp_path / "fid.json").read_text())
 
     class Images(torch.utils.data.Dataset):  # torch-fidelity's input: uint8 (3, H, W) tensors

@@ -14,10 +14,10 @@ import torch.multiprocessing as mp
 from gen_helpers import write_dit_checkpoint
 from weightformer.cli.main import main
 from weightformer.diffusion import create_diffusion
+from weightformer.tasks import load_run_model
 from weightformer.tasks.generation.sample import (
     batch_seed,
     guided_channels,
-    load_generator,
     make_sampler,
     sample_labels,
     sample_to_files,
@@ -37,14 +37,14 @@ def _npz(path):
 def test_sample_writes_an_adm_npz_and_a_grid_and_a_seed_fixes_the_samples(checkpoint, tmp_path, one_thread):
     argv = ["dit", "sample", str(checkpoint), "--num-samples", "7", "--steps", "3", "--batch-size", "3",
             "--cfg-scale", "2", "--seed", "5"]
-    assert main([*argv, "--out", str(tmp_path / "a")]) == 0
-    assert main([*argv, "--out", str(tmp_path / "b")]) == 0
+    assert main([*argv, "-o", str(tmp_path / "a")]) == 0
+    assert main([*argv, "-o", str(tmp_path / "b")]) == 0
     images, labels = _npz(tmp_path / "a" / "samples.npz")
     assert images.shape == (7, 8, 8, 3) and images.dtype == np.uint8
     assert labels.tolist() == [0, 1, 2, 0, 1, 2, 0]
     assert np.array_equal(images, _npz(tmp_path / "b" / "samples.npz")[0])  # the same seed, the same samples
     assert images.std() > 5  # not a constant picture
-    main([*argv[:-1], "6", "--out", str(tmp_path / "c")])
+    main([*argv[:-1], "6", "-o", str(tmp_path / "c")])
     assert not np.array_equal(images, _npz(tmp_path / "c" / "samples.npz")[0])
     from PIL import Image
 
@@ -90,9 +90,9 @@ def test_two_processes_draw_the_samples_of_one(checkpoint, tmp_path, one_thread)
 
 
 def test_the_ema_weights_are_loaded_by_default(checkpoint):
-    model, info = load_generator(checkpoint)
-    state = torch.load(checkpoint, weights_only=True)
-    assert info["class_names"] == ["c0", "c1", "c2"] and info["image_size"] == 8
+    run = load_run_model(checkpoint, "generation")
+    model, state = run.model, torch.load(checkpoint, weights_only=True)
+    assert run.extras["class_names"] == ["c0", "c1", "c2"] and run.config.image_size == 8 and run.ema
     for name, value in model.state_dict().items():
         assert torch.equal(value, state["ema"][f"module.{name}"])
 
@@ -120,7 +120,7 @@ def _reference_guided_sampling(model, labels, size, scale, channels, seed, steps
 
 
 def test_sampling_guides_the_first_3_channels_by_default_as_the_release(tmp_path, one_thread):
-    model, _ = load_generator(write_dit_checkpoint(tmp_path / "latent.pth", image_size=6, vae="ema"))
+    model = load_run_model(write_dit_checkpoint(tmp_path / "latent.pth", image_size=6, vae="ema"), "generation").model
     assert model.in_channels == 4
     labels, scale = torch.tensor([0, 2, 1]), 4.0
     drawn = {guided: make_sampler("ddpm", 2, guided)(model, labels, 6, scale, torch.Generator().manual_seed(3))

@@ -208,7 +208,7 @@ def test_tiny_suite_writes_json_table_and_plot(tmp_path, capsys):
     out = tmp_path / "probe"
     code = main(["probe", "--models", "static", "weightformer:linear=query_pool", "--resolution", "32", "--steps",
                  "2", "--batch-size", "4", "--val-images", "6", "--seeds", "0", "1", "--width", "16", "--depth", "2",
-                 "--jobs", "0", "--out", str(out)])
+                 "--jobs", "0", "-o", str(out)])
     assert code == 0
     printed = capsys.readouterr().out
     results = json.loads((out / "probes.json").read_text())
@@ -229,8 +229,8 @@ def test_tiny_suite_writes_json_table_and_plot(tmp_path, capsys):
 
 
 def test_probe_cli_errors_are_one_line(tmp_path, capsys):
-    assert main(["probe", "--models", "weightformer:bad=1", "--out", str(tmp_path / "x")]) == 2
+    assert main(["probe", "--models", "weightformer:bad=1", "-o", str(tmp_path / "x")]) == 2
     assert "unknown key(s) bad" in capsys.readouterr().err
     (tmp_path / "file").write_text("")
-    assert main(["probe", "--out", str(tmp_path / "file")]) == 2
+    assert main(["probe", "-o", str(tmp_path / "file")]) == 2
     assert "is a file" in capsys.readouterr().err

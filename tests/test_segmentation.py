@@ -13,7 +13,8 @@ from PIL import Image
 
 from weightformer.cli.main import main
 from weightformer.engine.data import Unreadable
-from weightformer.tasks.segmentation import confusion_matrix, infer, load_config, scores, train
+from weightformer.tasks import load_config
+from weightformer.tasks.segmentation import confusion_matrix, infer, scores, train
 from weightformer.tasks.segmentation.data import IGNORE_INDEX, SegmentationFolder, find_pairs
 from weightformer.tasks.segmentation.synthetic import make_segmentation_dataset
 
@@ -78,8 +79,9 @@ def test_sliding_windows_equal_whole_image_inference_for_a_pointwise_model():
 
 def test_segmentation_trains_on_the_engine_and_evaluates_from_its_checkpoint(tmp_path, capsys):
     data = make_segmentation_dataset(tmp_path / "data", image_size=48, train_images=24, val_images=4)
-    cfg = load_config("synthetic", data_dir=str(data), output_dir=str(tmp_path / "runs"), epochs=3, batch_size=8,
-                      model_kwargs=dict(embed_dim=16, depth=3), out_channels=16, head_channels=16, scale=[48, 48],
+    cfg = load_config("segmentation", "synthetic", data_dir=str(data), output_dir=str(tmp_path / "runs"), epochs=3,
+                      batch_size=8, model_kwargs=dict(embed_dim=16, depth=3), out_channels=16, head_channels=16,
+                      scale=[48, 48],
                       crop_size=48, workers=0, progress=False, tensorboard=False, log_interval=1, lr=3e-3,
                       warmup_epochs=0, min_lr=3e-3, deterministic=True)
     result = train(cfg)
@@ -97,7 +99,7 @@ def test_segmentation_trains_on_the_engine_and_evaluates_from_its_checkpoint(tmp
     assert "No folder" in capsys.readouterr().err
 
     image = data / "images" / "validation" / "00000.png"
-    assert main(["segment", "predict", str(image), "--checkpoint", str(checkpoint), "--out", str(tmp_path)]) == 0
+    assert main(["segment", "predict", str(image), "--checkpoint", str(checkpoint), "-o", str(tmp_path)]) == 0
     line = capsys.readouterr().out.strip()
     assert line.startswith(str(tmp_path / "00000-segmentation.png") + ": ")
     shares = [float(part.split()[-2]) for part in line.split(": ", 1)[1].split(", ")]

@@ -10,15 +10,15 @@ import torch
 import weightformer
 from weightformer.cli.main import build_parser
 from weightformer.engine import build_optimizer, build_scheduler, peak_lr
-from weightformer.tasks.classification import config_from_args, list_recipes, load_config
+from weightformer.tasks import config_from_args, list_recipes, load_config
 
 
 def test_release_recipes_follow_spec_section_6():
-    assert {"tiny", "small", "base", "synthetic"} <= set(list_recipes())
+    assert {"tiny", "small", "base", "synthetic"} <= set(list_recipes("classification"))
     recipes = [("tiny", "weightformer_tiny", 0.0, 224), ("small", "weightformer_small", 0.2, 224),
                ("base", "weightformer_base", 0.2, 448)]
     for name, model, drop_path, size in recipes:
-        cfg = load_config(name)
+        cfg = load_config("classification", name)
         assert (cfg.model, cfg.drop_path, cfg.img_size) == (model, drop_path, size)
         assert (cfg.epochs, cfg.warmup_epochs, cfg.warmup_lr, cfg.min_lr) == (300, 20, 5e-7, 5e-6)
         assert (cfg.weight_decay, cfg.clip_grad, cfg.smoothing, cfg.mixup, cfg.cutmix) == (0.05, 5.0, 0.1, 0.8, 1.0)
@@ -32,7 +32,7 @@ def test_command_line_overrides_parse_as_yaml():
         ["train", "--config", "tiny", "--epochs", "5", "--betas", "[0.9, 0.95]", "--lr", "1e-3", "--clip-grad", "null",
          "--model-kwargs", "{embed_dim: 64}", "--amp", "false"]
     )
-    cfg = config_from_args(args)
+    cfg = config_from_args(args, "classification")
     assert cfg.epochs == 5 and cfg.betas == [0.9, 0.95] and cfg.lr == 1e-3 and cfg.clip_grad is None
     assert cfg.model_kwargs == {"embed_dim": 64} and cfg.amp is False
     assert cfg.model == "weightformer_tiny" and cfg.warmup_epochs == 20  # untouched values come from the recipe
@@ -40,18 +40,18 @@ def test_command_line_overrides_parse_as_yaml():
 
 def test_unknown_keys_and_recipes_are_rejected(tmp_path):
     with pytest.raises(ValueError, match="Unknown config keys: epoch"):
-        load_config("tiny", epoch=3)
+        load_config("classification", "tiny", epoch=3)
     with pytest.raises(ValueError, match="Unknown recipe"):
-        load_config("huge")
+        load_config("classification", "huge")
     bad = tmp_path / "bad.yaml"
     bad.write_text("warmup_epoch: 3\n")
     with pytest.raises(ValueError, match="warmup_epoch"):
-        load_config(bad)
+        load_config("classification", bad)
 
 
 def test_no_weight_decay_on_norms_and_biases():
     model = weightformer.create_model("weightformer_tiny", embed_dim=32, depth=3, num_classes=5)
-    optimizer = build_optimizer(model, load_config("tiny"), lr=1e-3)
+    optimizer = build_optimizer(model, load_config("classification", "tiny"), lr=1e-3)
     decay = {id(p) for g in optimizer.param_groups if g["weight_decay"] > 0 for p in g["params"]}
     no_decay = {id(p) for g in optimizer.param_groups if g["weight_decay"] == 0 for p in g["params"]}
     assert {g["weight_decay"] for g in optimizer.param_groups} == {0.0, 0.05}
@@ -65,7 +65,7 @@ def test_no_weight_decay_on_norms_and_biases():
 
 def test_layer_decay_scales_the_lr_per_block_and_the_schedule_keeps_the_scales():
     model = weightformer.create_model("weightformer_tiny", embed_dim=32, depth=3, num_classes=5)
-    cfg = load_config("tiny", layer_decay=0.5, epochs=2, warmup_epochs=0)
+    cfg = load_config("classification", "tiny", layer_decay=0.5, epochs=2, warmup_epochs=0)
     optimizer = build_optimizer(model, cfg, lr=1e-3)
     names = {id(p): n for n, p in model.named_parameters()}
     scale = {names[id(p)]: g["lr_scale"] for g in optimizer.param_groups for p in g["params"]}
@@ -78,7 +78,7 @@ def test_layer_decay_scales_the_lr_per_block_and_the_schedule_keeps_the_scales()
 
 
 def test_schedule_warms_up_per_step_then_cosine_to_min_lr():
-    cfg = load_config("tiny", epochs=10, warmup_epochs=2)
+    cfg = load_config("classification", "tiny", epochs=10, warmup_epochs=2)
     model = torch.nn.Linear(4, 4)
     steps = 7  # per epoch
     optimizer = build_optimizer(model, cfg, lr=2e-3)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from weightformer.tasks.classification import load_config, make_synthetic_dataset
+from weightformer.tasks import load_config
+from weightformer.tasks.classification import make_synthetic_dataset
 
 
 def tiny_dataset(root: Path) -> Path:
@@ -20,4 +21,4 @@ def tiny_config(data_dir: Path, output_dir: Path, **overrides):
         tensorboard=False, deterministic=True, log_interval=1, crop_pct=1.0, scale=[0.5, 1.0],
     )
     values.update(overrides)
-    return load_config("synthetic", **values)
+    return load_config("classification", "synthetic", **values)

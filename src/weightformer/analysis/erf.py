@@ -112,7 +112,7 @@ def erf_map(model: nn.Module, images: torch.Tensor, batch_size: int = 4) -> torc
         x = chunk.clone().requires_grad_(True)
         centre = _central_token(model, model.forward_features(x), height, width)  # (B, C)
         (grad,) = torch.autograd.grad(F.relu(centre).sum(), x)  # (B, 3, H, W)
-        total += grad.abs().sum(dim=(0, 1)).double()
+        total += grad.abs().sum(dim=(0, 1)).double().cpu()
     return total
 
 
@@ -170,14 +170,15 @@ class ErfResult:
 
 
 def compute_erfs(
-    specs: list[ModelSpec], sizes: list[int], images: list[Image.Image], seed: int = 0, batch_size: int = 4
+    specs: list[ModelSpec], sizes: list[int], images: list[Image.Image], seed: int = 0, batch_size: int = 4,
+    device: torch.device | str = "cpu",
 ) -> list[ErfResult]:
     """ERF of every model at every size, on the same images."""
     results = []
     for size in sizes:
-        batch = to_batch(images, size)
+        batch = to_batch(images, size).to(device)
         for spec in specs:
-            contribution = erf_map(build_model(spec, size, seed), batch, batch_size)
+            contribution = erf_map(build_model(spec, size, seed).to(device), batch, batch_size)
             results.append(ErfResult(spec.label, size, area_fractions(contribution),
                                      float((contribution == 0).double().mean()), contribution))
     return results

@@ -8,9 +8,9 @@ import os
 import sys
 from pathlib import Path
 
-import torch
-
 from ..analysis.bench import MODES, BenchConfig, format_results, plot_results, run_bench
+from ..engine.distributed import resolve_device
+from .options import add_device, add_output
 
 _VARIANTS = {"tiny": "weightformer_tiny", "small": "weightformer_small"}
 _DIT_VARIANTS = {"small": "weightformer_dit_s_2", "base": "weightformer_dit_b_2"}
@@ -35,7 +35,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--model", default=None, choices=sorted({*_VARIANTS, *_DIT_VARIANTS}),
         help="variant (default tiny; generation: small)"
     )
-    parser.add_argument("--device", default=None, choices=["cpu", "cuda"], help="default: cuda if available")
+    add_device(parser)
     parser.add_argument(
         "--resolutions", type=int, nargs="+", help="default: 224 448 896 on CPU, 224 448 672 896 1248 1536 on CUDA"
     )
@@ -51,12 +51,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--rounds", type=int, help="timed rounds, median reported (default 10 on CPU, 20 on CUDA)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per contestant (default 2)")
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
-    parser.add_argument("--out", default="bench", help="output prefix: writes OUT.json and OUT.png (default bench)")
+    add_output(parser, "output prefix: writes PREFIX.json and PREFIX.png", default="bench", metavar="PREFIX")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device).type
     on_cuda = device == "cuda"
     generation = args.task == "generation"
     variants = _DIT_VARIANTS if generation else _VARIANTS
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         device=device,
         threads=args.threads,
     )
-    out = Path(args.out)
+    out = Path(args.output)
     json_path, png_path = out.with_name(out.name + ".json"), out.with_name(out.name + ".png")
     _check_writable(json_path, png_path)  # before the measurements, not after: nothing is lost
     results = run_bench(cfg, log=lambda line: print(line, file=sys.stderr))
@@ -100,9 +100,9 @@ def _check_writable(*paths: Path) -> None:
         parent = path.parent
         existing = next(p for p in (parent, *parent.parents) if p.exists())
         if not existing.is_dir():
-            raise ValueError(f"--out {path.with_suffix('')}: {existing} is a file, not a folder.")
+            raise ValueError(f"--output {path.with_suffix('')}: {existing} is a file, not a folder.")
         if path.is_dir():
-            raise ValueError(f"--out {path.with_suffix('')}: {path} is a folder.")
+            raise ValueError(f"--output {path.with_suffix('')}: {path} is a folder.")
         parent.mkdir(parents=True, exist_ok=True)
         if not os.access(parent, os.W_OK):
-            raise ValueError(f"--out {path.with_suffix('')}: cannot write to {parent}.")
+            raise ValueError(f"--output {path.with_suffix('')}: cannot write to {parent}.")

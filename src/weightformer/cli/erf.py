@@ -7,6 +7,8 @@ from pathlib import Path
 
 from ..analysis.erf import compute_erfs, embedded_images, load_images, parse_model_spec, plot_erfs, write_json
 from ..analysis.summary import format_table
+from ..engine.distributed import resolve_device
+from .options import add_device, add_output
 
 DEFAULT_MODELS = ["weightformer_tiny", "weightformer_tiny:dynamic_blocks=none", "deit_tiny_patch16_224",
                   "convnext_tiny"]
@@ -30,7 +32,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--num-images", type=int, default=8, help="images to aggregate over (default 8)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights and embedded images")
-    parser.add_argument("--output", "-o", default="erf", help="writes OUTPUT.png and OUTPUT.json (default erf)")
+    add_output(parser, "output prefix: writes PREFIX.png and PREFIX.json", default="erf", metavar="PREFIX")
+    add_device(parser)
     parser.set_defaults(func=run)
 
 
@@ -45,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         images = embedded_images(args.num_images, max(args.sizes), args.seed)
     else:
         images = load_images(args.images, args.num_images)
-    results = compute_erfs(specs, args.sizes, images, args.seed, args.batch_size)
+    results = compute_erfs(specs, args.sizes, images, args.seed, args.batch_size, resolve_device(args.device))
     output = Path(args.output)
     plot_erfs(results, output.with_suffix(".png"))
     write_json(results, output.with_suffix(".json"), len(images))

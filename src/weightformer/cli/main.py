@@ -1,14 +1,15 @@
-"""`weightformer` command: each subcommand lives in its own module with `add_parser(subparsers)`."""
+"""`weightformer` command: the tasks' commands come from the task registry, the tools' from their modules."""
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
 
-# Subcommand modules under weightformer.cli; each defines add_parser(subparsers) -> None, registering a
-# parser whose `func(args) -> int | None` runs the command.
-SUBCOMMAND_MODULES = ["models", "train", "eval", "predict", "plot", "bench", "export", "erf", "segment", "detect",
-                      "dit", "probe"]
+from .tasks import add_task_commands
+
+# Tool modules under weightformer.cli (commands that are not tasks); each defines add_parser(subparsers) -> None,
+# registering a parser whose `func(args) -> int | None` runs the command.
+TOOL_MODULES = ["models", "plot", "bench", "export", "erf"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -31,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="WeightFormer: linear-time global visual modeling without explicit attention.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in SUBCOMMAND_MODULES:
+    add_task_commands(subparsers)
+    for name in TOOL_MODULES:
         importlib.import_module(f"weightformer.cli.{name}").add_parser(subparsers)
     return parser
 
@@ -39,10 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
+    # The command as typed: `weightformer detect eval`. Every task command keeps its verb in `verb`.
+    prog = " ".join(["weightformer", *filter(None, [args.command, getattr(args, "verb", None)])])
     if unknown:  # said by the subcommand, which is where the flag was meant to go
-        prog = " ".join(["weightformer", *filter(None, [args.command, getattr(args, "segment_command", None),
-                                                       getattr(args, "detect_command", None),
-                                                       getattr(args, "dit_command", None)])])
         parser.exit(2, f"{prog}: error: unrecognized arguments: {' '.join(unknown)} (see {prog} --help)\n")
     if args.command is None:
         parser.print_help()
@@ -50,10 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args) or 0
     except (ValueError, OSError, ModuleNotFoundError) as error:  # bad input or a missing extra: one line
-        print(f"weightformer {args.command}: error: {_one_line(error)}", file=sys.stderr)
+        print(f"{prog}: error: {_one_line(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"weightformer {args.command}: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130
 
 

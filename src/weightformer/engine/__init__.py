@@ -2,8 +2,9 @@
 evaluation) for every task.
 
     from weightformer.engine import Engine
-    from weightformer.tasks.classification import ClassificationTask, load_config
-    result = Engine(ClassificationTask(load_config("synthetic", epochs=2))).fit()
+    from weightformer.tasks import load_config
+    from weightformer.tasks.classification import ClassificationTask
+    result = Engine(ClassificationTask(load_config("classification", "synthetic", epochs=2))).fit()
 """
 
 from .config import EngineConfig, free, resume_differences

@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["rng_state", "set_rng_state", "save_atomic", "CheckpointDir", "read_training_checkpoint"]
+__all__ = ["rng_state", "set_rng_state", "save_atomic", "CheckpointDir", "is_training_checkpoint",
+           "read_training_checkpoint"]
 
 
 def rng_state() -> dict[str, Any]:
@@ -158,6 +159,11 @@ class CheckpointDir:
 
 
 _TRAINING_KEYS = ("model", "optimizer", "epoch", "config")
+
+
+def is_training_checkpoint(state: dict[str, Any]) -> bool:
+    """Whether a file's contents are a checkpoint this engine wrote (not bare weights, not the release's files)."""
+    return all(k in state for k in _TRAINING_KEYS) and isinstance(state["config"], dict)
 
 
 def read_training_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -14,8 +14,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["Dist", "setup_distributed", "broadcast_object", "all_reduce_sum", "all_reduce_tensor", "gather_objects",
-           "check_in_sync"]
+__all__ = ["Dist", "DEVICES", "resolve_device", "is_primary_process", "setup_distributed", "broadcast_object",
+           "all_reduce_sum", "all_reduce_tensor", "gather_objects", "check_in_sync"]
+
+DEVICES = ("auto", "cpu", "cuda")  # what --device and the `device` config key accept
 
 
 @dataclass
@@ -33,16 +35,32 @@ class Dist:
         return self.rank == 0
 
 
+def resolve_device(device: str | torch.device = "auto", index: int | None = None) -> torch.device:
+    """"auto" (CUDA when PyTorch sees it, else the CPU), "cpu" or "cuda" (device `index` when given) as a device."""
+    if isinstance(device, torch.device):
+        return device
+    if device not in DEVICES:
+        raise ValueError(f"device must be {', '.join(DEVICES[:-1])} or {DEVICES[-1]}, not {device!r}.")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda was asked for, but PyTorch sees no CUDA device here.")
+    if device == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda" if index is None else f"cuda:{index}")
+
+
+def is_primary_process() -> bool:
+    """Whether this process is rank 0 of torchrun's launch (or runs alone): the one that prints and writes.
+
+    Read from the environment, so it holds before the process group is joined and after it is left."""
+    return int(os.environ.get("RANK", 0)) == 0
+
+
 def setup_distributed(device: str = "auto") -> Dist:
     """Join the process group torchrun describes in the environment (if any) and pick this process's device."""
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     rank, local_rank = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
-    if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device must be auto, cpu or cuda, not {device!r}.")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device cuda was asked for, but PyTorch sees no CUDA device here.")
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    dev = torch.device(f"cuda:{local_rank}") if use_cuda else torch.device("cpu")
+    dev = resolve_device(device, local_rank)
+    use_cuda = dev.type == "cuda"
     if use_cuda:
         torch.cuda.set_device(dev)
     initialised = False

@@ -84,16 +84,18 @@ def _find_mismatches(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> d
 
 
 def load_checkpoint(model: nn.Module, source: str | Path | dict[str, Any], strict: bool = True,
-                    origin: str | Path | None = None) -> nn.Module:
+                    origin: str | Path | None = None, translate: bool = True) -> nn.Module:
     """Load a checkpoint file (or an in-memory state dict) into `model`, translating the release's names.
 
-    `origin` names an in-memory state dict's file in error messages.
+    `origin` names an in-memory state dict's file in error messages. `translate=False` loads a state dict of
+    this package as it is, into any module (a detector, a segmenter): no release names to map.
 
     Raises `CheckpointMismatchError` naming the missing, unexpected and wrongly shaped keys when the
     checkpoint belongs to another architecture or size; the model is left untouched in that case.
     """
     state_dict = source if isinstance(source, dict) else read_state_dict(source)
-    state_dict = checkpoint_filter_fn(state_dict, model)
+    if translate:
+        state_dict = checkpoint_filter_fn(state_dict, model)
     found = _find_mismatches(model, state_dict)
     if found["wrong shape"] or (strict and (found["missing"] or found["unexpected"])):
         problems = [

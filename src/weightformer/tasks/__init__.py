@@ -1,1 +1,25 @@
-"""Tasks that plug into the training engine (weightformer.engine): each brings its data, model, loss and metrics."""
+"""Tasks that plug into the training engine (weightformer.engine): each brings its data, model, loss and metrics.
+
+Each task is declared once in `registry.py`; its recipes, command-line verbs and checkpoint loading derive from
+that declaration:
+
+    from weightformer.tasks import load_config, load_run_model
+    cfg = load_config("detection", "synthetic", epochs=2)       # recipes: configs/detection/*.yaml
+    run = load_run_model("runs/synthetic/checkpoints/best.pth")  # any task's checkpoint, EMA weights by default
+"""
+
+from .loader import RunModel, load_run_model
+from .registry import (
+    TaskSpec,
+    add_config_arguments,
+    config_from_args,
+    get_task,
+    list_recipes,
+    load_config,
+    register,
+    tasks,
+    unregister,
+)
+
+__all__ = ["TaskSpec", "register", "unregister", "tasks", "get_task", "load_config", "list_recipes",
+           "add_config_arguments", "config_from_args", "RunModel", "load_run_model"]

@@ -1,26 +1,18 @@
 """Classification runs: the engine's values plus data, model, augmentation and loss (the release's recipe by default).
 
 The dataclass defaults are the release's ImageNet recipe for WeightFormer-T; the recipes in `configs/`
-(`tiny`, `small`, `base`, `synthetic`) state whole recipes, and every value is a command-line flag.
+(`tiny`, `small`, `base`, `synthetic`) state whole recipes, and every value is a command-line flag
+(`weightformer.tasks.load_config("classification", "tiny")`; the registry finds the folder).
 """
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from ...engine import config as engine_config
 from ...engine.config import EngineConfig, setting
 
-__all__ = ["ClassificationConfig", "CONFIG_DIR", "DEFAULT_RECIPE", "list_recipes", "load_config",
-           "add_config_arguments", "config_from_args"]
-
-# The recipes ship inside the package (the repository's top-level configs/ links here), so an installed
-# `weightformer train` finds them too.
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
-DEFAULT_RECIPE = "synthetic"
+__all__ = ["ClassificationConfig"]
 
 
 @dataclass
@@ -58,21 +50,3 @@ class ClassificationConfig(EngineConfig):
     mixup_mode: str = setting("batch", choices=("batch", "pair", "elem"))
     smoothing: float = setting(0.1, ge=0, lt=1)
 
-
-def list_recipes() -> list[str]:
-    """Names of the classification recipes shipped in configs/."""
-    return engine_config.list_recipes(CONFIG_DIR)
-
-
-def load_config(name_or_path: str | Path | None = DEFAULT_RECIPE, **overrides: Any) -> ClassificationConfig:
-    """The dataclass defaults, updated by a recipe file (a bundled name or a path), updated by `overrides`."""
-    return engine_config.load_config(ClassificationConfig, CONFIG_DIR, name_or_path, **overrides)
-
-
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """`--config NAME|PATH` plus one `--<key>` flag per config value (values parsed as YAML)."""
-    engine_config.add_config_arguments(parser, ClassificationConfig, CONFIG_DIR, DEFAULT_RECIPE)
-
-
-def config_from_args(args: argparse.Namespace) -> ClassificationConfig:
-    return engine_config.config_from_args(args, ClassificationConfig, CONFIG_DIR)

@@ -11,15 +11,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
+from ...engine.checkpoint import is_training_checkpoint
 from ...engine.data import EpochSampler, make_loader
-from ...engine.distributed import Dist
+from ...engine.distributed import Dist, resolve_device
 from ...engine.evaluation import evaluate
 from ...engine.metrics import Metric
 from ...models import create_model_from_checkpoint, read_state_dict
+from ..loader import load_run_model
 from .data import FolderDataset, check_splits, collate_images, eval_transform
 
-__all__ = ["TopKAccuracy", "ClassifierValidation", "load_model_for_eval", "evaluate_folder", "predict",
-           "class_names_for"]
+__all__ = ["TopKAccuracy", "ClassifierValidation", "load_classifier", "evaluate_folder", "predict", "class_names_for"]
 
 
 class TopKAccuracy(Metric):
@@ -57,27 +58,34 @@ class ClassifierValidation:
         metrics["accuracy"].update(model(images), targets)
 
 
-def load_model_for_eval(checkpoint: str | Path, model_name: str | None = None, img_size: int | None = None,
-                        num_classes: int | None = None) -> tuple[nn.Module, dict[str, Any]]:
-    """Build the model a checkpoint holds and load it; return (model, info with class_names and img_size).
+def load_classifier(checkpoint: str | Path, model_name: str | None = None, img_size: int | None = None,
+                    ema: bool = True, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """The classifier a checkpoint holds, loaded, in eval mode on `device`; and info: class_names, img_size,
+    model, crop_pct, interpolation (the evaluation transform).
 
-    Our training checkpoints say which model they hold; for the release's files name it with `model_name`
+    Our training checkpoints go through the one loader of every task (`load_run_model`: their EMA weights unless
+    `ema=False`). The release's files (.pth, .safetensors) say nothing of the model: name it with `model_name`
     (e.g. "weightformer_tiny"; the class count comes from the head's shape).
     """
     state = read_state_dict(checkpoint)
-    config = state.get("config", {}) if isinstance(state, dict) else {}
-    name = model_name or config.get("model")
-    if name is None:
+    if is_training_checkpoint(state):
+        run = load_run_model(checkpoint, "classification", ema=ema, device=device, state=state)
+        model, config, class_names = run.model, run.config.to_dict(), run.extras.get("class_names")
+        if model_name is not None and model_name != config["model"]:
+            raise ValueError(f"{checkpoint} holds a {config['model']}, not a {model_name}: --model is for files "
+                             "that do not say which model they hold.")
+    elif model_name is None:
         raise ValueError(f"{checkpoint} does not say which model it holds: pass the model name (e.g. "
                          "--model weightformer_tiny).")
-    overrides = {} if num_classes is None else {"num_classes": num_classes}
-    model = create_model_from_checkpoint(name, checkpoint, state=state, **overrides)
+    else:
+        model = create_model_from_checkpoint(model_name, checkpoint, state=state).to(resolve_device(device)).eval()
+        config, class_names = {}, state.get("class_names")
     size = img_size or config.get("img_size") or model.pretrained_cfg["input_size"][-1]
     # Our runs evaluate with their recipe's crop; the release's files with the release's (pretrained_cfg).
     crop_pct = config.get("crop_pct", model.pretrained_cfg.get("crop_pct", 224 / 256))
     interpolation = config.get("interpolation", model.pretrained_cfg.get("interpolation", "bicubic"))
-    return model, {"class_names": state.get("class_names"), "img_size": size, "model": name, "crop_pct": crop_pct,
-                   "interpolation": interpolation}
+    return model, {"class_names": class_names, "img_size": size, "model": config.get("model", model_name),
+                   "crop_pct": crop_pct, "interpolation": interpolation}
 
 
 def class_names_for(num_classes: int, stored: Sequence[str] | None = None,
@@ -97,15 +105,15 @@ def class_names_for(num_classes: int, stored: Sequence[str] | None = None,
 
 def evaluate_folder(checkpoint: str | Path, data_dir: str | Path, split: str = "val", model_name: str | None = None,
                     img_size: int | None = None, batch_size: int = 128, workers: int = 4, device: str = "auto",
-                    crop_pct: float | None = None, amp: bool = True) -> dict[str, Any]:
-    """Evaluate a checkpoint on `<data_dir>/<split>/<class>/*` with the release's evaluation transform."""
+                    crop_pct: float | None = None, amp: bool = True, ema: bool = True) -> dict[str, Any]:
+    """Evaluate a checkpoint (its EMA weights unless `ema=False`) on `<data_dir>/<split>/<class>/*` with the
+    release's evaluation transform."""
     classes = check_splits(data_dir, None, split)
-    model, info = load_model_for_eval(checkpoint, model_name, img_size)
+    model, info = load_classifier(checkpoint, model_name, img_size, ema)
     if model.num_classes != len(classes):
         raise ValueError(f"{checkpoint} classifies {model.num_classes} classes but {Path(data_dir) / split} has "
                          f"{len(classes)} class folders.")
-    device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                          "cpu" if device == "auto" else device)
+    device = resolve_device(device)
     cfg = model.pretrained_cfg
     transform = eval_transform(info["img_size"], crop_pct or info["crop_pct"], info["interpolation"], cfg["mean"],
                                cfg["std"])
@@ -119,18 +127,19 @@ def evaluate_folder(checkpoint: str | Path, data_dir: str | Path, split: str = "
 
 @torch.no_grad()
 def predict(checkpoint: str | Path, images: Sequence[str | Path], model_name: str | None = None,
-            img_size: int | None = None, data_dir: str | Path | None = None, top_k: int = 5
-            ) -> list[list[tuple[str, float]]]:
-    """Top-k (class name, probability) for each image file."""
-    model, info = load_model_for_eval(checkpoint, model_name, img_size)
+            img_size: int | None = None, data_dir: str | Path | None = None, top_k: int = 5, ema: bool = True,
+            device: str | torch.device = "cpu") -> list[list[tuple[str, float]]]:
+    """Top-k (class name, probability) for each image file (the checkpoint's EMA weights unless `ema=False`)."""
+    device = resolve_device(device)
+    model, info = load_classifier(checkpoint, model_name, img_size, ema, device)
     names = class_names_for(model.num_classes, info["class_names"], data_dir)
     cfg = model.pretrained_cfg
     transform = eval_transform(info["img_size"], info["crop_pct"], info["interpolation"], cfg["mean"], cfg["std"])
     model.eval()
     results = []
     for path in images:
-        x = transform(_open_image(path))[None]  # (1, 3, H, W)
-        probs = model(x).softmax(dim=-1)[0]  # (K,)
+        x = transform(_open_image(path))[None].to(device)  # (1, 3, H, W)
+        probs = model(x).float().softmax(dim=-1)[0].cpu()  # (K,)
         values, indices = probs.topk(min(top_k, len(probs)))
         results.append([(names[i], v) for i, v in zip(indices.tolist(), values.tolist(), strict=True)])
     return results

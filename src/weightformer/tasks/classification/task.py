@@ -19,7 +19,18 @@ from .data import FolderDataset, check_splits, collate_images, eval_transform, t
 from .evaluate import ClassifierValidation
 from .synthetic import dataset_folder
 
-__all__ = ["ClassificationTask", "train"]
+__all__ = ["ClassificationTask", "build_classifier", "checkpoint_model", "train"]
+
+
+def build_classifier(cfg: ClassificationConfig, num_classes: int) -> nn.Module:
+    """The network a config describes, freshly initialised: a WeightFormer, or any timm model (a baseline)."""
+    return create_model(cfg.model, num_classes=num_classes, drop_path_rate=cfg.drop_path, img_size=cfg.img_size,
+                        **cfg.model_kwargs)
+
+
+def checkpoint_model(cfg: ClassificationConfig, extras: dict[str, Any]) -> nn.Module:
+    """The network of a classification checkpoint: one output per class name it saved."""
+    return build_classifier(cfg, len(extras["class_names"]))
 
 
 class ClassificationTask(ClassifierValidation, Task):
@@ -71,8 +82,7 @@ class ClassificationTask(ClassifierValidation, Task):
 
     def build_model(self) -> nn.Module:
         cfg = self.cfg
-        model = create_model(cfg.model, num_classes=len(self.classes), drop_path_rate=cfg.drop_path,
-                             img_size=cfg.img_size, **cfg.model_kwargs)
+        model = build_classifier(cfg, len(self.classes))
         if cfg.initial_checkpoint:
             load_checkpoint(model, cfg.initial_checkpoint)
         if self.mixup is not None:

@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from ...engine import config as engine_config
 from ...engine.config import EngineConfig, free, setting
 
-__all__ = ["DetectionConfig", "CONFIG_DIR", "DEFAULT_RECIPE", "load_config", "add_config_arguments",
-           "config_from_args"]
-
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "detection"
-DEFAULT_RECIPE = "synthetic"
+__all__ = ["DetectionConfig"]
 
 
 @dataclass
@@ -58,14 +51,3 @@ class DetectionConfig(EngineConfig):
     # -- reporting (free) ----------------------------------------------------------------------------------
     draw_threshold: float = free(0.5, ge=0, le=1)  # score from which predictions are drawn in the report
 
-
-def load_config(name_or_path: str | Path | None = DEFAULT_RECIPE, **overrides: Any) -> DetectionConfig:
-    return engine_config.load_config(DetectionConfig, CONFIG_DIR, name_or_path, **overrides)
-
-
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    engine_config.add_config_arguments(parser, DetectionConfig, CONFIG_DIR, DEFAULT_RECIPE)
-
-
-def config_from_args(args: argparse.Namespace) -> DetectionConfig:
-    return engine_config.config_from_args(args, DetectionConfig, CONFIG_DIR)

@@ -15,14 +15,14 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn as nn
 
-from ...engine.distributed import Dist
+from ...engine.distributed import Dist, resolve_device
 from ...engine.evaluation import evaluate
 from ...engine.metrics import Metric
+from ..loader import RunModel, load_run_model
 from .data import CocoSplit, require_pycocotools
 
-__all__ = ["METRIC_NAMES", "to_coco_results", "coco_metrics", "CocoMetric", "load_detector", "evaluate_checkpoint",
+__all__ = ["METRIC_NAMES", "to_coco_results", "coco_metrics", "CocoMetric", "categories", "evaluate_checkpoint",
            "format_metrics", "predict_images"]
 
 METRIC_NAMES = ("ap", "ap50", "ap75", "aps", "apm", "apl")  # COCOeval.stats[0:6]
@@ -118,48 +118,33 @@ def format_metrics(metrics: dict[str, float], prefix: str = "") -> str:
     return "\n".join(rows)
 
 
-def load_detector(checkpoint: str | Path) -> tuple[nn.Module, Any, dict[str, Any]]:
-    """The model, config and extras (class names, category ids) of a `weightformer detect train` checkpoint."""
-    from ...engine.checkpoint import read_training_checkpoint
-    from .config import DetectionConfig
-    from .task import build_detector
-
-    state = read_training_checkpoint(checkpoint)
-    if state.get("task") != "detection":
-        raise ValueError(f"{checkpoint} is a {state.get('task', 'classification')} checkpoint, not a detection one.")
-    cfg = DetectionConfig.from_dict({**state["config"], "initial_checkpoint": None})
-    model = build_detector(cfg)
-    model.load_state_dict(state["model"])
-    extras = {"class_names": state.get("class_names") or [str(i + 1) for i in range(cfg.num_classes)],
-              "category_ids": state.get("category_ids") or list(range(1, cfg.num_classes + 1))}
-    return model.eval(), cfg, extras
-
-
-def _device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+def categories(run: RunModel) -> tuple[list[str], list[int]]:
+    """(class names, COCO category ids) a detection checkpoint saved (numbered 1..K if it saved none)."""
+    count = run.config.num_classes
+    return (run.extras.get("class_names") or [str(i + 1) for i in range(count)],
+            run.extras.get("category_ids") or list(range(1, count + 1)))
 
 
 def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path, split: str = "val2017", device: str = "auto",
-                        batch_size: int = 1, workers: int = 0) -> dict[str, Any]:
-    """COCO metrics of a checkpoint of `weightformer detect train` on <data_dir>/annotations/instances_<split>.json;
-    also returns what `read_coco` left out, as `left_out`."""
+                        batch_size: int = 1, workers: int = 0, ema: bool = True) -> dict[str, Any]:
+    """COCO metrics of a checkpoint of `weightformer detect train` (its EMA weights unless `ema=False`) on
+    <data_dir>/annotations/instances_<split>.json; also returns what `read_coco` left out, as `left_out`."""
     from ...engine.data import EpochSampler, make_loader
     from .data import CocoDetection, drop_too_thin, read_coco, split_paths
     from .task import DetectionTask, _test_size
 
     coco = read_coco(*split_paths(data_dir, split))
-    model, cfg, extras = load_detector(checkpoint)
+    run = load_run_model(checkpoint, "detection", ema)
+    model, cfg, (_, category_ids) = run.model, run.config, categories(run)
     drop_too_thin(coco, *_test_size(cfg))
-    if coco.category_ids != extras["category_ids"]:
+    if coco.category_ids != category_ids:
         raise ValueError(f"The categories of {coco.annotation_file} ({coco.category_ids[:10]}) are not the "
-                         f"checkpoint's ({extras['category_ids'][:10]}).")
+                         f"checkpoint's ({category_ids[:10]}).")
     dataset = CocoDetection(coco, train=False)
     loader = make_loader(dataset, EpochSampler(len(dataset), shuffle=False), batch_size, workers, collate_lists)
     task = DetectionTask(cfg)
     task.val_split = coco
-    dev = _device(device)
+    dev = resolve_device(device)
     metrics = evaluate(task, model.to(dev), loader, Dist(device=dev))
     return {**metrics, "left_out": coco.describe_skipped()}
 
@@ -171,17 +156,16 @@ def collate_lists(samples: list[Any]) -> tuple[Any, int]:
 
 @torch.no_grad()
 def predict_images(checkpoint: str | Path, images: list[str | Path], out_dir: str | Path, threshold: float = 0.5,
-                   device: str = "auto") -> list[tuple[Path, list[tuple[str, float, list[float]]]]]:
-    """Detect objects in each image; draw boxes and masks of score >= `threshold` on it (enlarged to 256 pixels
-    when smaller), to <out_dir>/<stem>-detections.png; return, per image, the PNG's path and its (class, score,
-    xyxy box in the image's pixels) list."""
+                   device: str = "auto", ema: bool = True) -> list[tuple[Path, list[tuple[str, float, list[float]]]]]:
+    """Detect objects in each image (with the checkpoint's EMA weights unless `ema=False`); draw boxes and masks
+    of score >= `threshold` on it (enlarged to 256 pixels when smaller), to <out_dir>/<stem>-detections.png;
+    return, per image, the PNG's path and its (class, score, xyxy box in the image's pixels) list."""
     from ..classification.evaluate import _open_image
     from .report import draw_detections
 
-    model, _, extras = load_detector(checkpoint)
-    dev = _device(device)
-    model.to(dev)
-    names = extras["class_names"]
+    dev = resolve_device(device)
+    run = load_run_model(checkpoint, "detection", ema, dev)
+    model, (names, _) = run.model, categories(run)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = []

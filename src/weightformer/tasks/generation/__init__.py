@@ -1,9 +1,10 @@
-"""Class-conditional generation with WeightFormer-DiT on the training engine (pixel space; latents next).
+"""Class-conditional generation with WeightFormer-DiT on the training engine (pixels or VAE latents).
 
-    from weightformer.tasks.generation import load_config, train
-    result = train(load_config("synthetic", epochs=2))   # recipes: configs/generation/*.yaml
+    from weightformer.tasks import load_config
+    from weightformer.tasks.generation import train
+    result = train(load_config("generation", "synthetic", epochs=2))   # recipes: configs/generation/*.yaml
 """
 
-from .task import GenerationConfig, GenerationTask, add_config_arguments, config_from_args, load_config, train
+from .task import GenerationConfig, GenerationTask, checkpoint_model, train
 
-__all__ = ["GenerationConfig", "GenerationTask", "load_config", "add_config_arguments", "config_from_args", "train"]
+__all__ = ["GenerationConfig", "GenerationTask", "checkpoint_model", "train"]

@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ...models import create_model
+from ..loader import load_run_model
 from .metrics import classifier_scorer, frechet_distance, gaussian_stats, load_images
-from .sample import generate, guided_channels, load_generator, make_sampler, sample_labels
+from .sample import generate, guided_channels, make_sampler, sample_labels
 
 __all__ = ["train_judge", "judge_run"]
 
@@ -25,10 +25,11 @@ JUDGE_MODEL_KWARGS = dict(embed_dim=32, depth=3, patch_size=2)
 
 def train_judge(data_dir: Path, image_size: int, output_dir: Path, epochs: int = 3) -> Path:
     """Train the judge classifier on data_dir's train/ (hflip, light crops) and return its best checkpoint."""
-    from ..classification import load_config, train
+    from ..classification import train
+    from ..registry import load_config
 
     images = sum(1 for p in (data_dir / "train").rglob("*") if p.is_file())
-    cfg = load_config("synthetic", data_dir=str(data_dir), synthetic={}, output_dir=str(output_dir),
+    cfg = load_config("classification", "synthetic", data_dir=str(data_dir), synthetic={}, output_dir=str(output_dir),
                       batch_size=max(1, min(64, images)),
                       run_name="judge", img_size=image_size, model_kwargs=JUDGE_MODEL_KWARGS, epochs=epochs,
                       warmup_epochs=0, hflip=0.5, progress=False, tensorboard=False, log_interval=1000)
@@ -44,10 +45,9 @@ def judge_run(checkpoint: Path, data_dir: Path, classifier: Path, samples_per_cl
     with the settings that drew them: {"accuracy", "fid", "fid_floor", "untrained_fid", "untrained_accuracy",
     "samples", "scheduler", "steps", "cfg_scale", "guided_channels", "seed", "checkpoint", "classifier"}.
     guided: the channels guidance mixes, 3 (DiT's release) or "all"; the number it resolves to is recorded."""
-    model, info = load_generator(checkpoint)
-    size, config = info["image_size"], info["config"]
-    untrained = create_model(config["model"], input_size=size, in_channels=model.in_channels,
-                             num_classes=model.num_classes, **config.get("model_kwargs", {})).eval()
+    run = load_run_model(checkpoint, "generation")
+    model, size, config = run.model, run.config.image_size, run.config.to_dict()
+    untrained = run.task.build_checkpoint_model(run.config, run.extras).eval()  # the same network, fresh
     labels = sample_labels(samples_per_class * model.num_classes, model.num_classes)
     sampler = make_sampler(scheduler, steps, guided)
     scorer = classifier_scorer(classifier)

@@ -75,7 +75,7 @@ def read_meta(latents_dir: str | Path) -> dict[str, Any]:
 @torch.no_grad()
 def extract_latents(data_dir: str | Path, out_dir: str | Path, vae_name: str = "ema", image_size: int = 256,
                     splits: tuple[str, ...] = ("train", "val"), batch_size: int = 32,
-                    device: str = "cpu") -> dict[str, Any]:
+                    device: str | torch.device = "cpu") -> dict[str, Any]:
     """Encode every image of data_dir/<split>/<class>/* (resized, centre-cropped, and flipped) into out_dir."""
     from ..classification.data import FolderDataset, check_splits
 

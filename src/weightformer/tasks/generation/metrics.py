@@ -106,18 +106,21 @@ def load_images(source: str | Path, limit: int | None = None) -> np.ndarray:
 Scorer = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # uint8 (N, H, W, 3) -> features, probs
 
 
-def classifier_scorer(checkpoint: str | Path, device: torch.device | str = "cpu", batch_size: int = 256) -> Scorer:
-    """Features (pre-logits) and softmax probabilities of a classifier checkpoint of this package."""
+def classifier_scorer(checkpoint: str | Path, device: torch.device | str = "cpu", batch_size: int = 256,
+                      ema: bool = True) -> Scorer:
+    """Features (pre-logits) and softmax probabilities of a classifier checkpoint of this package (its EMA
+    weights unless `ema=False`)."""
+    from ...engine.distributed import resolve_device
     from ...models import read_state_dict
     from ..classification.data import eval_transform
-    from ..classification.evaluate import load_model_for_eval
+    from ..classification.evaluate import load_classifier
 
     task = read_state_dict(checkpoint).get("task")
     if task not in (None, "classification"):
         raise ValueError(f"{checkpoint} is a {task} checkpoint; --classifier takes a classifier's (from "
                          "`weightformer train`).")
-    model, info = load_model_for_eval(checkpoint)
-    model = model.to(device).eval()
+    device = resolve_device(device)
+    model, info = load_classifier(checkpoint, ema=ema, device=device)
     transform = eval_transform(info["img_size"], info["crop_pct"], info["interpolation"])
 
     @torch.no_grad()

@@ -25,41 +25,14 @@ import torch.nn as nn
 
 from ...diffusion import create_diffusion, ddpm_sample, sample
 from ...engine.distributed import Dist, setup_distributed, teardown_distributed
-from ...models import create_model, load_checkpoint, read_state_dict
+from ..loader import load_run_model
 from .latents import load_vae, vae_decoder, vae_factor
 
-__all__ = ["SCHEDULERS", "GUIDE_ALL", "load_generator", "guided_channels", "make_sampler", "sample_labels",
-           "batch_seed", "to_uint8", "generate", "sample_to_files", "save_npz"]
+__all__ = ["SCHEDULERS", "GUIDE_ALL", "guided_channels", "make_sampler", "sample_labels", "batch_seed", "to_uint8",
+           "generate", "sample_to_files", "save_npz"]
 
 SCHEDULERS = ("ddpm", "ddim", "dpm++")
 GUIDE_ALL = "all"  # guided_channels: guide every input channel
-
-
-def load_generator(checkpoint: str | Path, use_ema: bool = True) -> tuple[nn.Module, dict[str, Any]]:
-    """The WeightFormer-DiT a `weightformer dit train` checkpoint holds (its EMA weights by default), in eval mode.
-
-    Returns (model, info) with info's class_names, image_size (pixels) and the run's config. Any other file
-    (a classifier's checkpoint, the release's weights without a config) is refused in one line.
-    """
-    state = read_state_dict(checkpoint)
-    config, task = state.get("config"), state.get("task")
-    if task != "generation" or not isinstance(config, dict):
-        what = f"a {task} checkpoint" if isinstance(task, str) else "not a training checkpoint of this package"
-        raise ValueError(f"{checkpoint} is {what}, not a WeightFormer-DiT one: pass a checkpoint written by "
-                         "`weightformer dit train`.")
-    class_names = list(state.get("class_names") or [])
-    model = create_model(config["model"], input_size=config.get("latent_size") or config["image_size"],
-                         in_channels=latent_channels(config), num_classes=len(class_names),
-                         **config.get("model_kwargs", {}))
-    weights = state["ema"] if use_ema and state.get("ema") else state["model"]
-    weights = {k.removeprefix("module."): v for k, v in weights.items()}  # ModelEmaV3 keeps its copy as .module
-    load_checkpoint(model, weights, origin=str(checkpoint))
-    return model.eval(), {"class_names": class_names, "image_size": config["image_size"], "config": config}
-
-
-def latent_channels(config: dict[str, Any]) -> int:
-    """Channels the model sees: the VAE's latent channels (4 for Stable Diffusion's) or 3 (pixels)."""
-    return config.get("latent_channels") or (4 if config.get("vae") else 3)
 
 
 def guided_channels(value: int | str, in_channels: int) -> int:
@@ -153,9 +126,10 @@ def save_npz(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
 
 def sample_to_files(checkpoint: str | Path, out_dir: str | Path, num_samples: int, scheduler: str = "ddpm",
                     steps: int = 50, cfg_scale: float = 4.0, seed: int = 0, classes: Sequence[int] | None = None,
-                    batch_size: int = 64, device: str = "auto", use_ema: bool = True,
+                    batch_size: int = 64, device: str = "auto", ema: bool = True,
                     guided: int | str = 3) -> dict[str, Any]:
-    """Sample a checkpoint into <out_dir>/samples.npz and samples.png; data parallel under torchrun.
+    """Sample a checkpoint (its EMA weights unless `ema=False`) into <out_dir>/samples.npz and samples.png;
+    data parallel under torchrun.
 
     Each rank draws its batches and writes them to <out_dir>/shards/; rank 0 gathers them in index order into
     one npz and removes the shards. guided: the channels guidance mixes, 3 (DiT's release) or "all". Returns
@@ -163,15 +137,16 @@ def sample_to_files(checkpoint: str | Path, out_dir: str | Path, num_samples: in
     """
     if num_samples < 1 or batch_size < 1:
         raise ValueError(f"--num-samples and --batch-size must be positive, got {num_samples} and {batch_size}.")
-    model, info = load_generator(checkpoint, use_ema)  # every rank checks its input before joining the group
-    labels = sample_labels(num_samples, len(info["class_names"]), classes)
+    run = load_run_model(checkpoint, "generation", ema)  # every rank checks its input before joining the group
+    model, cfg = run.model, run.config
+    labels = sample_labels(num_samples, len(run.extras["class_names"]), classes)
     guided_channels(guided, model.in_channels)  # refused here, before any VAE is loaded or process group joined
     sampler = make_sampler(scheduler, steps, guided)
-    vae = load_vae(info["config"]["vae"]) if info["config"].get("vae") else None  # latents: decode them
+    vae = load_vae(cfg.vae) if cfg.vae else None  # latents: decode them
     d = setup_distributed(device)
     try:
         decode = vae_decoder(vae.to(d.device)) if vae is not None else None
-        size = info["image_size"] // (vae_factor(vae) if vae is not None else 1)
+        size = cfg.image_size // (vae_factor(vae) if vae is not None else 1)
         return _sample_on_ranks(model.to(d.device), size, labels, sampler, decode, Path(out_dir), seed,
                                 batch_size, cfg_scale, d)
     finally:

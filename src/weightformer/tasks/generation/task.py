@@ -10,9 +10,7 @@ grid of guided samples, one row per class.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,10 +21,9 @@ from torch.utils.data import Dataset
 from torchvision import transforms
 
 from ...diffusion import create_diffusion, ddpm_sample
-from ...engine import config as engine_config
 from ...engine.config import EngineConfig, free, setting
 from ...engine.data import Unreadable
-from ...engine.distributed import Dist
+from ...engine.distributed import Dist, is_primary_process
 from ...engine.loop import fit
 from ...engine.metrics import Mean, Metric
 from ...engine.task import Datasets, Task
@@ -36,10 +33,8 @@ from ..classification.synthetic import dataset_folder
 from .latents import LatentDataset, load_vae, read_meta, same_vae, vae_decoder
 from .sample import SCHEDULERS, guided_channels
 
-__all__ = ["GenerationConfig", "GenerationTask", "load_config", "add_config_arguments", "config_from_args", "train"]
+__all__ = ["GenerationConfig", "GenerationTask", "build_generator", "checkpoint_model", "train"]
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "generation"
-DEFAULT_RECIPE = "synthetic"
 PIXEL_SIZE = 32  # image_size of a pixel run left unset (an image folder, or the embedded set at its default)
 
 
@@ -74,16 +69,15 @@ class GenerationConfig(EngineConfig):
     judge_steps: int = free(25, ge=1)
 
 
-def load_config(name_or_path: str | Path | None = DEFAULT_RECIPE, **overrides: Any) -> GenerationConfig:
-    return engine_config.load_config(GenerationConfig, CONFIG_DIR, name_or_path, **overrides)
+def build_generator(cfg: GenerationConfig, num_classes: int, input_size: int, in_channels: int) -> nn.Module:
+    """The WeightFormer-DiT a config describes, freshly initialised (input_size is only its default size)."""
+    return create_model(cfg.model, input_size=input_size, in_channels=in_channels, num_classes=num_classes,
+                        **cfg.model_kwargs)
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    engine_config.add_config_arguments(parser, GenerationConfig, CONFIG_DIR, DEFAULT_RECIPE)
-
-
-def config_from_args(args: argparse.Namespace) -> GenerationConfig:
-    return engine_config.config_from_args(args, GenerationConfig, CONFIG_DIR)
+def checkpoint_model(cfg: GenerationConfig, extras: dict[str, Any]) -> nn.Module:
+    """The network of a generation checkpoint: pixels, or the latents of Stable Diffusion's VAE (4 channels)."""
+    return build_generator(cfg, len(extras["class_names"]), cfg.image_size, 4 if cfg.vae else 3)
 
 
 class WithIndex(Dataset):
@@ -192,8 +186,7 @@ class GenerationTask(Task):
     def build_model(self) -> nn.Module:
         cfg = self.cfg
         channels = self.meta["latent_channels"] if self.meta else 3
-        return create_model(cfg.model, input_size=self.input_size, in_channels=channels,
-                            num_classes=len(self.classes), **cfg.model_kwargs)
+        return build_generator(cfg, len(self.classes), self.input_size, channels)
 
     def training_loss(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         images, labels = batch  # (B, C, H, W) images in [-1, 1] or VAE latents, (B,)
@@ -245,7 +238,7 @@ def train(cfg: GenerationConfig) -> dict[str, Any]:
     write the judge's numbers to <run>/judge.json (they are also returned under "judge")."""
     result = fit(GenerationTask(cfg))
     judge = cfg.judge_samples_per_class > 0 and cfg.latents_dir is None  # the judge works on pixels
-    if judge and not result.get("preempted") and os.environ.get("RANK", "0") == "0":
+    if judge and not result.get("preempted") and is_primary_process():
         from .judge import judge_run, train_judge
 
         run_dir = Path(result["run_dir"])

@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from ...engine import config as engine_config
 from ...engine.config import EngineConfig, free, setting
 
-__all__ = ["SegmentationConfig", "CONFIG_DIR", "DEFAULT_RECIPE", "load_config", "add_config_arguments",
-           "config_from_args"]
-
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "segmentation"
-DEFAULT_RECIPE = "synthetic"
+__all__ = ["SegmentationConfig"]
 
 
 @dataclass
@@ -47,14 +40,3 @@ class SegmentationConfig(EngineConfig):
     inference: str = free("whole", choices=("whole", "slide"))  # the whole image, or windows of crop_size
     slide_stride: int = free(341, ge=1)
 
-
-def load_config(name_or_path: str | Path | None = DEFAULT_RECIPE, **overrides: Any) -> SegmentationConfig:
-    return engine_config.load_config(SegmentationConfig, CONFIG_DIR, name_or_path, **overrides)
-
-
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    engine_config.add_config_arguments(parser, SegmentationConfig, CONFIG_DIR, DEFAULT_RECIPE)
-
-
-def config_from_args(args: argparse.Namespace) -> SegmentationConfig:
-    return engine_config.config_from_args(args, SegmentationConfig, CONFIG_DIR)

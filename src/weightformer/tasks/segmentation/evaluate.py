@@ -9,13 +9,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ...engine.distributed import Dist
+from ...engine.distributed import Dist, resolve_device
 from ...engine.evaluation import evaluate
 from ...engine.metrics import Metric
+from ..loader import load_run_model
 from .data import IGNORE_INDEX
 
-__all__ = ["confusion_matrix", "scores", "infer", "ConfusionMetric", "segmentation_step", "load_segmenter",
-           "evaluate_checkpoint", "predict_images"]
+__all__ = ["confusion_matrix", "scores", "infer", "ConfusionMetric", "segmentation_step", "evaluate_checkpoint",
+           "predict_images"]
 
 
 def confusion_matrix(pred: torch.Tensor, label: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -86,42 +87,23 @@ def segmentation_step(model: nn.Module, images: list[torch.Tensor], labels: list
         metric.update(logits.argmax(0), label)
 
 
-def load_segmenter(checkpoint: str | Path) -> tuple[nn.Module, Any]:
-    """The model and config of a `weightformer segment train` checkpoint, weights loaded, on the CPU."""
-    from ...engine.checkpoint import read_training_checkpoint
-    from .config import SegmentationConfig
-    from .task import SegmentationTask
-
-    state = read_training_checkpoint(checkpoint)
-    if state.get("task") != "segmentation":
-        raise ValueError(f"{checkpoint} is a {state.get('task', 'classification')} checkpoint, not a segmentation one.")
-    cfg = SegmentationConfig.from_dict({**state["config"], "initial_checkpoint": None})
-    model = SegmentationTask(cfg).build_model()
-    model.load_state_dict(state["model"])
-    return model.eval(), cfg
-
-
-def _device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path, split: str = "validation",
-                        inference: str | None = None, device: str = "auto") -> dict[str, Any]:
-    """Evaluate a checkpoint of `weightformer segment train` on <data_dir>/images|annotations/<split>."""
+                        inference: str | None = None, device: str = "auto", ema: bool = True) -> dict[str, Any]:
+    """Evaluate a checkpoint of `weightformer segment train` (its EMA weights unless `ema=False`) on
+    <data_dir>/images|annotations/<split>."""
     from ...engine.data import EpochSampler, make_loader
     from .data import SegmentationFolder, find_pairs
     from .task import SegmentationTask
 
     pairs, _ = find_pairs(data_dir, split)
-    model, cfg = load_segmenter(checkpoint)
+    run = load_run_model(checkpoint, "segmentation", ema)
+    model, cfg = run.model, run.config
     dataset = SegmentationFolder(pairs, cfg.num_classes, train=False, scale=tuple(cfg.scale), crop_size=cfg.crop_size,
                                  reduce_zero_label=cfg.reduce_zero_label)
     loader = make_loader(dataset, EpochSampler(len(dataset), shuffle=False), 1, 0, _collate_lists)
     if inference is not None:
         cfg.inference = inference
-    dev = _device(device)
+    dev = resolve_device(device)
     return evaluate(SegmentationTask(cfg), model.to(dev), loader, Dist(device=dev))
 
 
@@ -131,9 +113,11 @@ def _collate_lists(samples: list[Any]) -> tuple[Any, int]:
 
 @torch.no_grad()
 def predict_images(checkpoint: str | Path, images: list[str | Path], out_dir: str | Path,
-                   inference: str | None = None) -> list[tuple[Path, dict[str, float]]]:
-    """Segment each image; write <out_dir>/<stem>-segmentation.png (image, prediction overlay) and return, per
-    image, the PNG's path and the fraction of pixels of each predicted class."""
+                   inference: str | None = None, device: str = "auto", ema: bool = True
+                   ) -> list[tuple[Path, dict[str, float]]]:
+    """Segment each image (with the checkpoint's EMA weights unless `ema=False`); write
+    <out_dir>/<stem>-segmentation.png (image, prediction overlay) and return, per image, the PNG's path and the
+    fraction of pixels of each predicted class."""
     import numpy as np
     from PIL import Image
 
@@ -141,7 +125,9 @@ def predict_images(checkpoint: str | Path, images: list[str | Path], out_dir: st
     from .data import SegmentationFolder
     from .report import colourise
 
-    model, cfg = load_segmenter(checkpoint)
+    dev = resolve_device(device)
+    run = load_run_model(checkpoint, "segmentation", ema, dev)
+    model, cfg = run.model, run.config
     names = cfg.class_names or [f"class {i}" for i in range(cfg.num_classes)]
     fit = SegmentationFolder([], cfg.num_classes, train=False, scale=tuple(cfg.scale), crop_size=cfg.crop_size)
     out_dir = Path(out_dir)
@@ -151,8 +137,8 @@ def predict_images(checkpoint: str | Path, images: list[str | Path], out_dir: st
         image = _open_image(path)
         resized, _ = fit._fit(image, None, 1.0)
         x = (torch.from_numpy(np.array(resized)).permute(2, 0, 1).float() / 255 - fit.mean) / fit.std  # (3, h, w)
-        logits = infer(model, x, inference or cfg.inference, cfg.crop_size, cfg.slide_stride)[None]
-        pred = F.interpolate(logits, size=(image.height, image.width), mode="bilinear")[0].argmax(0).numpy()
+        logits = infer(model, x.to(dev), inference or cfg.inference, cfg.crop_size, cfg.slide_stride)[None]
+        pred = F.interpolate(logits, size=(image.height, image.width), mode="bilinear")[0].argmax(0).cpu().numpy()
         overlay = (0.4 * np.asarray(image) + 0.6 * colourise(pred, cfg.num_classes)).astype(np.uint8)
         target = out_dir / f"{Path(path).stem}-segmentation.png"
         Image.fromarray(np.concatenate([np.asarray(image), overlay], axis=1)).save(target)

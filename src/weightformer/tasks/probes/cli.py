@@ -1,4 +1,8 @@
-"""`weightformer probe`: long-range probes, every model on every task with the same budget; table, JSON, plot."""
+"""`weightformer probe`: long-range probes, every model on every task with the same budget; table, JSON, plot.
+
+The probe task has no verbs: the command is the suite (`COMMAND`), which trains one probe run per model, task,
+seed and knob setting.
+"""
 
 from __future__ import annotations
 
@@ -6,23 +10,22 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..tasks.probes import DEFAULT_MODELS, PROBE_TASKS, SuiteConfig, format_table, plot_suite, run_suite
-from ..tasks.probes.models import DEFAULT_SIZES
+from ...cli.options import Verb, add_device, add_output
+from .data import PROBE_TASKS
+from .models import DEFAULT_SIZES
+from .suite import DEFAULT_MODELS, SuiteConfig, format_table, plot_suite, run_suite
+
+_DESCRIPTION = (
+    "Trains each model on each generated long-range task (labels decided only by relating two distant "
+    "parts of the image; a model that cannot relate them is capped at 75 %%) with the same step budget "
+    "and seeds, on the training engine. Prints a Markdown table (accuracy, training images/s, peak "
+    "memory), writes DIR/probes.json and DIR/probes.png (accuracy against distance and resolution). "
+    "Model specs: static, weightformer[:linear=NAME,conv=NAME,dynamic=sparse|all|1-4,width=,depth=,patch=], "
+    "vit[:heads=,width=,depth=,patch=], or any timm/WeightFormer model name[:kwarg=value,...]."
+)
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "probe",
-        help="long-range probes: generated tasks only a relation between distant regions solves",
-        description=(
-            "Trains each model on each generated long-range task (labels decided only by relating two distant "
-            "parts of the image; a model that cannot relate them is capped at 75 %%) with the same step budget "
-            "and seeds, on the training engine. Prints a Markdown table (accuracy, training images/s, peak "
-            "memory), writes OUT/probes.json and OUT/probes.png (accuracy against distance and resolution). "
-            "Model specs: static, weightformer[:linear=NAME,conv=NAME,dynamic=sparse|all|1-4,width=,depth=,patch=], "
-            "vit[:heads=,width=,depth=,patch=], or any timm/WeightFormer model name[:kwarg=value,...]."
-        ),
-    )
+def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tasks", nargs="+", default=["same_different"], choices=sorted(PROBE_TASKS),
                         help="probe tasks (default same_different)")
     parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS, metavar="SPEC",
@@ -44,22 +47,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per run (default 1)")
     parser.add_argument("--jobs", type=int, default=1,
                         help="runs at a time, each in a fresh process (default 1; 0: all in this process)")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="default cpu")
-    parser.add_argument("--out", default="probes", help="output folder (default probes)")
-    parser.add_argument("--resume", action="store_true", help="skip the runs OUT/probes.json already holds")
-    parser.set_defaults(func=run)
+    add_device(parser, default="cpu")  # the recorded comparisons (benchmarks/PROBES.md) are CPU runs
+    add_output(parser, "output folder", default="probes", metavar="DIR")
+    parser.add_argument("--resume", action="store_true", help="skip the runs DIR/probes.json already holds")
 
 
 def run(args: argparse.Namespace) -> int:
-    out = Path(args.out)
+    from ...engine.distributed import resolve_device
+
+    out = Path(args.output)
     if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file, not a folder.")
+        raise ValueError(f"--output {out} is a file, not a folder.")
     cfg = SuiteConfig(
         tasks=args.tasks, models=args.models, seeds=args.seeds, resolutions=args.resolution,
         distances=args.distance, size=args.size, distractors=args.distractors, colours=args.colours,
         sizes=dict(width=args.width, depth=args.depth, patch=args.patch), steps=args.steps,
         batch_size=args.batch_size, lr=args.lr, val_images=args.val_images, threads=args.threads, jobs=args.jobs,
-        device=args.device, out=str(out), resume=args.resume,
+        device=str(resolve_device(args.device)), out=str(out), resume=args.resume,
     )
     results = run_suite(cfg, log=lambda line: print(line, file=sys.stderr, flush=True))
     command = "weightformer " + " ".join(sys.argv[1:]) if sys.argv[1:] else "weightformer probe"
@@ -69,3 +73,7 @@ def run(args: argparse.Namespace) -> int:
     plot_suite(results, out / "probes.png")
     print(f"\nwrote {out / 'probes.json'} and {out / 'probes.png'}")
     return 0
+
+
+COMMAND = Verb("long-range probes: generated tasks only a relation between distant regions solves", _arguments, run,
+               description=_DESCRIPTION)
