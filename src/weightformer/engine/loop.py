@@ -38,6 +38,7 @@ import yaml
 from timm.utils import ModelEmaV3, dispatch_clip_grad
 from torch.nn.parallel import DistributedDataParallel
 
+from ..models import set_grad_checkpointing
 from .checkpoint import CheckpointDir, read_training_checkpoint, rng_state, set_rng_state
 from .config import RESUME_OVERRIDE_ALL, EngineConfig, resume_differences
 from .data import Collated, EpochSampler, make_loader, warn_skipped
@@ -245,6 +246,8 @@ class Engine:
         """Model, optimiser, schedule, scaler; then the checkpoint's state; then DDP, EMA and compilation."""
         cfg, d = self.cfg, self.d
         model = _on_every_rank(self.task.build_model, d, "Building the model")
+        if cfg.grad_checkpointing:
+            set_grad_checkpointing(model)
         if d.world_size > 1 and d.device.type == "cuda":  # batch statistics over the global batch (CUDA only)
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model.to(d.device)
