@@ -63,3 +63,65 @@ def test_generation_bench_times_weightformer_dit_against_dit_with_sdpa(capsys):
         assert f"{entry['wfm/dit speed']:.2f}x" in format_results(results)
     assert main(["bench", "--task", "generation", "--model", "tiny", "-o", "x"]) == 2
     assert "--model tiny is not a generation variant" in capsys.readouterr().err
+
+
+# -- `weightformer bench --grad-checkpointing` ---------------------------------------------------------------
+
+
+def test_grad_checkpointing_bench_reports_less_activation_memory_with_checkpointing(tmp_path, capsys):
+    out = tmp_path / "ckpt"
+    argv = ["bench", "--grad-checkpointing", "--device", "cpu", "--resolutions", "96", "--base-batch", "1",
+            "--rounds", "2", "--warmup", "1", "--threads", "1", "--out", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    results = json.loads((tmp_path / "ckpt.json").read_text())
+    assert not (tmp_path / "ckpt.png").exists()
+    rows = {r["grad_checkpointing"]: r for r in results["rows"]}
+    off, on = rows[False], rows[True]
+    assert off["batch"] == on["batch"] == 5 and len(on["times_s"]) == 2
+    # 17 blocks: without checkpointing each keeps several maps of its input's size, with it only its input.
+    assert 0 < on["activations_mb"] < off["activations_mb"] / 4
+    assert on["peak_memory_mb"] < off["peak_memory_mb"] and off["peak_memory_mb"] >= off["activations_mb"]
+    (ratio,) = results["ratios"]
+    assert ratio["activations off/on"] == pytest.approx(off["activations_mb"] / on["activations_mb"])
+    assert ratio["step time on/off"] == pytest.approx(on["median_s"] / off["median_s"])
+    assert f"{ratio['activations off/on']:.2f}x" in printed and "Measured: activations" in printed
+    assert results["measured"] and results["command"].startswith("weightformer ")
+
+
+def test_activation_memory_is_what_autograd_saves_for_the_backward_pass():
+    # The CPU measurement (allocator events from torch.profiler) against an independent count: the bytes of the
+    # distinct storages autograd saves during the forward pass, parameters and input left out.
+    import torch
+
+    from weightformer.analysis.bench import bench_inputs
+    from weightformer.analysis.checkpointing import _build, _measure, _train_step
+
+    cfg = BenchConfig(model="weightformer_tiny", base_batch=1, threads=1, num_classes=10)
+    images, labels = bench_inputs(cfg, 96)
+    model = _build(cfg, 96, enable=False)
+    step = _train_step(model, cfg, images, labels)
+    step()
+    activations, _ = _measure(step, "cpu")
+    known = {t.untyped_storage().data_ptr() for t in [*model.parameters(), images]}
+    saved = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if t.untyped_storage().data_ptr() not in known:
+            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        step.finish(step.forward())
+    assert activations == pytest.approx(sum(saved.values()) / 2**20, rel=0.01)
+
+
+def test_grad_checkpointing_bench_on_weightformer_dit():
+    from weightformer.analysis.checkpointing import format_checkpointing_results, run_checkpointing_bench
+
+    cfg = BenchConfig(task="generation", model="weightformer_dit_s_2", resolutions=[16], base_batch=1, rounds=1,
+                      warmup=0, threads=1, num_classes=10, model_kwargs=dict(hidden_size=32, depth=3))
+    results = run_checkpointing_bench(cfg, log=lambda line: None)
+    off, on = sorted(results["rows"], key=lambda r: r["grad_checkpointing"])
+    assert off["batch"] == 4 and 0 < on["activations_mb"] < off["activations_mb"] / 2
+    assert "activations off/on" in format_checkpointing_results(results)

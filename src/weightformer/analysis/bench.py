@@ -38,7 +38,8 @@ from .. import kernels
 from ..models import MODEL_CONFIGS
 from .summary import DEIT_OF_WIDTH, format_table
 
-__all__ = ["BenchConfig", "DEIT_OF", "DIT_OF", "run_bench", "format_results", "plot_results", "environment"]
+__all__ = ["BenchConfig", "DEIT_OF", "DIT_OF", "run_bench", "format_results", "plot_results", "environment",
+           "prepare", "bench_inputs", "cpu_memory_deltas"]
 
 # WeightFormer variant -> the DeiT of the same width (the widths live in the model registry); for generation,
 # WeightFormer-DiT -> DiT's own block (SDPA) at the same width and depth.
@@ -137,17 +138,25 @@ def _peak_memory_mb(step: Callable[[], Any], device: str) -> float:
         step()
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - before) / 2**20
-    # CPU has no allocator statistics: replay the profiler's record of allocations (each op's own) and frees
-    # (the "[memory]" events outside ops) in time order and take the running maximum.
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step()
+    return max(itertools.accumulate((d for _, d in cpu_memory_deltas(prof)), initial=0)) / 2**20
+
+
+def cpu_memory_deltas(prof: profile) -> list[tuple[float, int]]:
+    """(time, bytes allocated or freed) from a torch.profiler run with profile_memory=True, in time order.
+
+    CPU has no allocator statistics, but PyTorch's CPU allocator reports every allocation and free to the
+    profiler: each op's own allocations, and the frees (the "[memory]" events outside ops). Their running sum is
+    the memory allocated since the profiler started.
+    """
     deltas = []
     for event in prof.events():
         delta = event.cpu_memory_usage if event.name == "[memory]" else event.self_cpu_memory_usage
         if delta:
             deltas.append((event.time_range.start, delta))
     deltas.sort(key=lambda d: d[0])
-    return max(itertools.accumulate((d for _, d in deltas), initial=0)) / 2**20
+    return deltas
 
 
 # -- contestants ---------------------------------------------------------------------------------------------
@@ -274,29 +283,12 @@ def _timed(step: Callable[[], Any], device: str) -> float:
 
 def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Measure every contestant at every resolution and mode; returns a JSON-ready dict (see `format_results`)."""
-    _check_models(cfg)
-    if cfg.compile_mode not in ("off", "on", "both"):
-        raise ValueError(f"compile_mode must be 'off', 'on' or 'both', got {cfg.compile_mode!r}.")
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but CUDA is not available.")
-    patch, smallest = (2, 8) if cfg.task == "generation" else (16, 48)
-    bad = [r for r in cfg.resolutions if r < smallest or r % patch]
-    if bad:
-        raise ValueError(f"Resolutions must be multiples of the patch size {patch} and at least {smallest} (a "
-                         f"{smallest // patch}x{smallest // patch} token grid); got {', '.join(map(str, bad))}.")
-    if cfg.rounds < 1 or cfg.base_batch < 1 or cfg.warmup < 0:
-        raise ValueError(f"rounds and base batch must be at least 1 and warmup at least 0; got {cfg.rounds}, "
-                         f"{cfg.base_batch}, {cfg.warmup}.")
-    if cfg.device == "cpu" and cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    prepare(cfg)
     log(f"weightformer bench: {cfg.model} vs {_baseline(cfg)} on {cfg.device}")
     rows = []
     for resolution in cfg.resolutions:
         batch = cfg.batch_for(resolution)
-        gen = torch.Generator().manual_seed(resolution)
-        channels = 4 if cfg.task == "generation" else 3
-        images = torch.randn(batch, channels, resolution, resolution, generator=gen).to(cfg.device)
-        labels = torch.randint(0, cfg.num_classes, (batch,), generator=gen).to(cfg.device)
+        images, labels = bench_inputs(cfg, resolution)
         for mode in cfg.modes:
             contestants = _contestants(cfg, resolution, mode, images, labels)
             memory = {}
@@ -330,6 +322,35 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
             del contestants
             gc.collect()
     return dict(config=asdict(cfg), environment=environment(cfg.device), rows=rows, ratios=_ratios(rows))
+
+
+def prepare(cfg: BenchConfig) -> None:
+    """Raise a one-line ValueError for a config the bench cannot run; set the CPU threads."""
+    _check_models(cfg)
+    if cfg.compile_mode not in ("off", "on", "both"):
+        raise ValueError(f"compile_mode must be 'off', 'on' or 'both', got {cfg.compile_mode!r}.")
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but CUDA is not available.")
+    patch, smallest = (2, 8) if cfg.task == "generation" else (16, 48)
+    bad = [r for r in cfg.resolutions if r < smallest or r % patch]
+    if bad:
+        raise ValueError(f"Resolutions must be multiples of the patch size {patch} and at least {smallest} (a "
+                         f"{smallest // patch}x{smallest // patch} token grid); got {', '.join(map(str, bad))}.")
+    if cfg.rounds < 1 or cfg.base_batch < 1 or cfg.warmup < 0:
+        raise ValueError(f"rounds and base batch must be at least 1 and warmup at least 0; got {cfg.rounds}, "
+                         f"{cfg.base_batch}, {cfg.warmup}.")
+    if cfg.device == "cpu" and cfg.threads:
+        torch.set_num_threads(cfg.threads)
+
+
+def bench_inputs(cfg: BenchConfig, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch every contestant sees at `resolution`: images (or 4-channel latents) and class labels."""
+    batch = cfg.batch_for(resolution)
+    gen = torch.Generator().manual_seed(resolution)
+    channels = 4 if cfg.task == "generation" else 3
+    images = torch.randn(batch, channels, resolution, resolution, generator=gen).to(cfg.device)
+    labels = torch.randint(0, cfg.num_classes, (batch,), generator=gen).to(cfg.device)
+    return images, labels
 
 
 def _check_models(cfg: BenchConfig) -> None:

@@ -1,4 +1,5 @@
-"""`weightformer bench`: WeightFormer against DeiT (fused SDPA attention), throughput and memory per resolution."""
+"""`weightformer bench`: WeightFormer against DeiT (fused SDPA attention), throughput and memory per resolution;
+with --grad-checkpointing, training memory with and without activation checkpointing."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import sys
 from pathlib import Path
 
 from ..analysis.bench import MODES, BenchConfig, format_results, plot_results, run_bench
+from ..analysis.checkpointing import format_checkpointing_results, run_checkpointing_bench
 from ..engine.distributed import resolve_device
 from .options import add_device, add_output
 
@@ -52,10 +54,35 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per contestant (default 2)")
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     add_output(parser, "output prefix: writes PREFIX.json and PREFIX.png", default="bench", metavar="PREFIX")
+    parser.add_argument(
+        "--grad-checkpointing", action="store_true",
+        help="instead: training memory of the WeightFormer model with and without activation checkpointing "
+        "(activations kept for the backward pass, step peak, step time; eager training steps, no baseline; "
+        "--modes, --compile and --no-reference do not apply; default --rounds 3 on CPU); writes PREFIX.json only",
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    out = Path(args.output)
+    json_path, png_path = out.with_name(out.name + ".json"), out.with_name(out.name + ".png")
+    _check_writable(json_path, *([] if args.grad_checkpointing else [png_path]))  # before measuring: nothing lost
+    measure = run_checkpointing_bench if args.grad_checkpointing else run_bench
+    results = measure(cfg, log=lambda line: print(line, file=sys.stderr))  # progress on stderr, tables on stdout
+    results["command"] = "weightformer " + " ".join(sys.argv[1:]) if sys.argv else "weightformer bench"
+    print(format_checkpointing_results(results) if args.grad_checkpointing else format_results(results))
+    json_path.write_text(json.dumps(results, indent=2))
+    if args.grad_checkpointing:
+        print(f"\nwrote {json_path}")
+        return 0
+    plot_results(results, str(png_path))
+    print(f"\nwrote {json_path} and {png_path}")
+    return 0
+
+
+def _config(args: argparse.Namespace) -> BenchConfig:
+    """The bench's settings from the command line, with the defaults of the device and the task."""
     device = resolve_device(args.device).type
     on_cuda = device == "cuda"
     generation = args.task == "generation"
@@ -68,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         resolutions = [224, 448, 672, 896, 1248, 1536] if on_cuda else [224, 448, 896]
         base_batch = 256 if on_cuda else 16
-    cfg = BenchConfig(
+    rounds = 20 if on_cuda else (3 if args.grad_checkpointing else 10)
+    return BenchConfig(
         model=variants[name],
         task=args.task,
         num_classes=1000,
@@ -77,21 +105,11 @@ def run(args: argparse.Namespace) -> int:
         modes=tuple(args.modes),
         compile_mode=args.compile_mode or ("both" if on_cuda else "off"),
         include_reference=not args.no_reference,
-        rounds=args.rounds or (20 if on_cuda else 10),
+        rounds=args.rounds or rounds,
         warmup=args.warmup,
         device=device,
         threads=args.threads,
     )
-    out = Path(args.output)
-    json_path, png_path = out.with_name(out.name + ".json"), out.with_name(out.name + ".png")
-    _check_writable(json_path, png_path)  # before the measurements, not after: nothing is lost
-    results = run_bench(cfg, log=lambda line: print(line, file=sys.stderr))
-    results["command"] = "weightformer " + " ".join(sys.argv[1:]) if sys.argv else "weightformer bench"
-    print(format_results(results))
-    json_path.write_text(json.dumps(results, indent=2))
-    plot_results(results, str(png_path))
-    print(f"\nwrote {json_path} and {png_path}")
-    return 0
 
 
 def _check_writable(*paths: Path) -> None:

@@ -37,6 +37,7 @@ import yaml
 from timm.utils import ModelEmaV3, dispatch_clip_grad
 from torch.nn.parallel import DistributedDataParallel
 
+from ..models import set_grad_checkpointing
 from .config import EngineConfig
 from .data import Collated, EpochSampler, make_loader, warn_skipped
 from .distributed import Dist, all_reduce_sum, check_in_sync, gather_objects, setup_distributed, teardown_distributed
@@ -187,6 +188,8 @@ class Engine:
         """Model, optimiser, schedule, scaler; then the checkpoint's state; then DDP, EMA and compilation."""
         cfg, d, state = self.cfg, self.d, self.run.state
         model = on_every_rank(self.task.build_model, d, "Building the model")
+        if cfg.grad_checkpointing:
+            set_grad_checkpointing(model)
         if d.world_size > 1 and d.device.type == "cuda":  # batch statistics over the global batch (CUDA only)
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model.to(d.device)

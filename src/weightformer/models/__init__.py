@@ -3,6 +3,7 @@
 from .checkpoint import CheckpointMismatchError, load_checkpoint, read_state_dict
 from .dit import DIT_CONFIGS, WeightFormerDiT, dit_checkpoint_filter_fn, load_dit_checkpoint
 from .factory import create_model, create_model_from_checkpoint, list_models
+from .grad_checkpointing import set_grad_checkpointing
 from .hub import from_pretrained, save_pretrained
 from .weightformer import MODEL_CONFIGS, Block, WeightFormer, checkpoint_filter_fn, dynamic_block_indices
 
@@ -24,4 +25,5 @@ __all__ = [
     "DIT_CONFIGS",
     "dit_checkpoint_filter_fn",
     "load_dit_checkpoint",
+    "set_grad_checkpointing",
 ]

@@ -117,6 +117,15 @@ class SimpleFeaturePyramid(nn.Module):
         state = {k: v for k, v in state.items() if not k.startswith(("head.", "module.head."))}
         load_checkpoint(self.backbone, state, origin=None if isinstance(source, dict) else source)
 
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Checkpoint the backbone's blocks (WeightFormer's, or timm DeiT's own, in `forward_intermediates`).
+
+        The pyramid's few (de)convolutions stay as they are: at detection resolutions the backbone's blocks hold
+        nearly all the activation memory.
+        """
+        self.backbone.set_grad_checkpointing(enable)
+
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         """Layer groups for layer-wise lr decay: the backbone's own, then the pyramid (and heads) last."""
         inner = self.backbone.group_matcher(coarse)

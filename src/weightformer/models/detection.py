@@ -54,6 +54,10 @@ class Detector(nn.Module):
         """Training: a dict of the five Mask R-CNN losses; evaluation: a list of per-image predictions."""
         return self.rcnn(images, targets)
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute the backbone's block activations in the backward pass (the heads are left as they are)."""
+        self.pyramid.set_grad_checkpointing(enable)
+
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         """Backbone blocks decay layer by layer; the pyramid and the heads learn at the full rate."""
         inner = self.pyramid.group_matcher(coarse)

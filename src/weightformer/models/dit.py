@@ -23,6 +23,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from ..layers import DynamicDWConv2d, DynamicLinear
 from ..layers.common import to_nhwc
@@ -257,6 +258,7 @@ class WeightFormerDiT(nn.Module):
         self.learn_sigma = learn_sigma
         self.dynamic_indices = dynamic_block_indices(depth, "none" if mixer == "attention" else dynamic_blocks)
         heads = num_heads or max(1, hidden_size // 64)
+        self.grad_checkpointing = False
 
         self.x_embedder = PatchEmbed(patch_size, in_channels, hidden_size)
         self.t_embedder = TimestepEmbedder(hidden_size)
@@ -298,6 +300,11 @@ class WeightFormerDiT(nn.Module):
         nn.init.zeros_(self.final_layer.adaLN_modulation[-1].bias)
         nn.init.zeros_(self.final_layer.linear.weight)
         nn.init.zeros_(self.final_layer.linear.bias)
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in the backward pass instead of storing them (timm's convention)."""
+        self.grad_checkpointing = enable
 
     @property
     def min_grid(self) -> int:
@@ -347,9 +354,16 @@ class WeightFormerDiT(nn.Module):
         x = x + _sincos_2d_cached(self.hidden_size, x.shape[1], x.shape[2], x.device, x.dtype)  # (N, h, w, D)
         c = self.t_embedder(t) + self.y_embedder(y, self.training)  # (N, D)
         for block in self.blocks:
-            x = block(x, c)  # (N, h, w, D)
+            x = self._run_block(block, x, c)  # (N, h, w, D)
         x = self.final_layer(x, c)  # (N, h, w, p * p * out_channels)
         return self.unpatchify(x)  # (N, out_channels, H, W)
+
+    def _run_block(self, block: nn.Module, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        # Only where a graph is recorded: under no_grad (sampling) there is nothing to save, so nothing to recompute.
+        # The non-reentrant checkpoint keeps only the block's inputs and replays the RNG state on recomputation.
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint(block, x, c, use_reentrant=False)
+        return block(x, c)
 
     def forward_with_cfg(
         self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, cfg_scale: float, guided_channels: int = 3

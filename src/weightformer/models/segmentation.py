@@ -71,6 +71,10 @@ class Segmenter(nn.Module):
         logits = self.head([maps[str(i)] for i in range(len(self.pyramid.stages))])  # (B, K, H/4, W/4)
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)  # (B, K, H, W)
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute the backbone's block activations in the backward pass (the UperNet head is left as it is)."""
+        self.pyramid.set_grad_checkpointing(enable)
+
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         """Layer-wise lr decay groups: the backbone's blocks; the pyramid and the head learn at the full rate."""
         inner = self.pyramid.group_matcher(coarse)

@@ -324,6 +324,7 @@ class WeightFormer(nn.Module):
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in the backward pass instead of storing them (timm's convention)."""
         self.grad_checkpointing = enable
 
     @torch.jit.ignore
@@ -405,6 +406,9 @@ class WeightFormer(nn.Module):
 
     @torch.jit.ignore
     def _run_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        # Only where a graph is recorded (under no_grad there is nothing to save). The non-reentrant checkpoint
+        # keeps the block's input alone and restores the RNG state before recomputing, so drop-path draws the
+        # same masks twice.
         if self.grad_checkpointing and torch.is_grad_enabled():
             return checkpoint(block, x, use_reentrant=False)
         return block(x)

@@ -40,6 +40,9 @@ def _sample_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scheduler", choices=["ddpm", "ddim", "dpm++"], default="ddpm")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--cfg-scale", type=float, default=4.0, help="classifier-free guidance (1: none)")
+    parser.add_argument("--guided-channels", type=_channels, default=3, metavar="N|all",
+                        help="channels guidance mixes: 3, the first 3 of 4 latent ones as DiT's release (default), "
+                        "or all")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--classes", type=int, nargs="+", default=None, help="class ids, in turn (default: all)")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -47,11 +50,22 @@ def _sample_arguments(parser: argparse.ArgumentParser) -> None:
     add_device(parser)
 
 
+def _channels(text: str) -> int | str:
+    """--guided-channels: a number, or "all"."""
+    if text == "all":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of channels or all, got {text!r}") from None
+
+
 def run_sample(args: argparse.Namespace) -> int:
     from .sample import sample_to_files
 
     result = sample_to_files(args.checkpoint, args.output, args.num_samples, args.scheduler, args.steps,
-                             args.cfg_scale, args.seed, args.classes, args.batch_size, args.device, ema=args.ema)
+                             args.cfg_scale, args.seed, args.classes, args.batch_size, args.device, ema=args.ema,
+                             guided=args.guided_channels)
     if result:
         print(f"{result['images']} samples in {result['seconds']:.1f} s: {result['npz']} (arr_0 uint8 NHWC, "
               f"arr_1 labels), grid {result['png']}")
