@@ -8,7 +8,7 @@ evaluation) for every task.
 """
 
 from .config import EngineConfig, free, resume_differences
-from .data import Collated, EpochSampler, Unreadable, make_loader, warn_skipped
+from .data import Collated, EpochSampler, StreamDataset, Unreadable, make_loader, warn_skipped
 from .distributed import Dist, all_reduce_sum
 from .evaluation import evaluate
 from .loop import Engine, fit
@@ -33,6 +33,7 @@ __all__ = [
     "Collated",
     "Unreadable",
     "EpochSampler",
+    "StreamDataset",
     "make_loader",
     "warn_skipped",
     "Dist",

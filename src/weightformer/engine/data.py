@@ -7,18 +7,20 @@
   resumed with another number of processes (or another batch size) continues at the same sample.
 - A dataset returns `Unreadable(description)` for a sample it cannot read instead of raising; the collate
   step drops it and reports it, and the engine counts it.
+- A dataset may fix its own epoch order (`epoch_order(seed, epoch)`, a permutation: tar shards read a few at a
+  time), or be a `StreamDataset` read in passes (Hugging Face streaming): the sampler's positions apply to both.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
 
-__all__ = ["Unreadable", "Collated", "EpochSampler", "make_loader", "warn_skipped"]
+__all__ = ["Unreadable", "Collated", "EpochSampler", "StreamDataset", "make_loader", "warn_skipped"]
 
 
 class Unreadable(NamedTuple):
@@ -59,16 +61,19 @@ class _SkipUnreadable:
 class EpochSampler(Sampler):
     """Deterministic per-epoch order, split across processes, resumable from any sample.
 
-    Epoch e shuffles with seed (seed, e). `set_epoch(e, start)` skips the first `start` samples of that global
-    order. For training (`batch_size` given) the rest is cut to a multiple of world_size x batch_size, so that
-    every process runs the same number of full steps; for evaluation nothing is cut and nothing is padded, so
-    every sample is counted once. Process r of w takes every w-th sample from r. Yields `(index, sample_seed)`.
+    Epoch e shuffles with seed (seed, e), uniformly, or with `order(seed, e)` when given (a dataset's own
+    permutation, e.g. one that keeps reads within a few tar shards at a time). `set_epoch(e, start)` skips the
+    first `start` samples of that global order. For training (`batch_size` given) the rest is cut to a multiple
+    of world_size x batch_size, so that every process runs the same number of full steps; for evaluation nothing
+    is cut and nothing is padded, so every sample is counted once. Process r of w takes every w-th sample from r.
+    Yields `(index, sample_seed)`.
     """
 
     def __init__(self, num_samples: int, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 batch_size: int | None = None) -> None:
+                 batch_size: int | None = None, order: Callable[[int, int], Sequence[int]] | None = None) -> None:
         self.num_samples, self.shuffle, self.seed = num_samples, shuffle, seed
         self.rank, self.world_size, self.batch_size = rank, world_size, batch_size
+        self.order_fn = order
         self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
@@ -79,32 +84,100 @@ class EpochSampler(Sampler):
         """Full global steps in an epoch from sample `start` on (training samplers)."""
         return max(0, self.num_samples - start) // (self.world_size * (self.batch_size or 1))
 
-    def _indices(self) -> list[int]:
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            order = torch.randperm(self.num_samples, generator=generator).tolist()
-        else:
-            order = list(range(self.num_samples))
-        order = order[self.start :]
+    def positions(self) -> range:
+        """This process's places in the epoch's global order: every w-th from start + rank, whole steps only."""
+        end = self.num_samples
         if self.batch_size is not None:
-            order = order[: self.steps(self.start) * self.world_size * self.batch_size]
-        return order[self.rank :: self.world_size]
+            end = self.start + self.steps(self.start) * self.world_size * self.batch_size
+        return range(self.start + self.rank, end, self.world_size)
+
+    def order(self) -> Sequence[int]:
+        """The epoch's global order: the sample index at each place."""
+        if not self.shuffle:
+            return range(self.num_samples)
+        if self.order_fn is not None:
+            return self.order_fn(self.seed, self.epoch)
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return torch.randperm(self.num_samples, generator=generator).tolist()
+
+    def sample_seed(self, index: int) -> int:
+        """The augmentation seed of sample `index` in this epoch: the same whichever process or worker loads it."""
+        return (self.seed * 1_000_003 + self.epoch) * 2_147_483_647 + index
+
+    def _indices(self) -> list[int]:
+        order = self.order()
+        return [order[p] for p in self.positions()]
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         for index in self._indices():
-            yield index, (self.seed * 1_000_003 + self.epoch) * 2_147_483_647 + index
+            yield index, self.sample_seed(index)
 
     def __len__(self) -> int:
-        return len(self._indices())
+        return len(self.positions())
+
+
+class StreamDataset(IterableDataset):
+    """A dataset read in passes, in an order the source fixes itself (Hugging Face streaming, say).
+
+    A subclass gives `__len__` (the records of one pass), `records(shuffle_seed)` (one pass, in order, as cheap
+    undecoded records; `shuffle_seed` None: the source's own order) and `load(record, seed)` (the sample, or
+    `Unreadable`). `make_loader` reads a pass in every process and data worker, and each keeps its own places of
+    the sampler's order: the epoch's global order is the stream's, so positions, resumption and the split across
+    processes are the EpochSampler's, exact whenever a pass with the same seed gives the same records. The price:
+    every reader goes through the whole stream (decoding only its share), and a resumed epoch reads its first
+    `start` records again to pass over them.
+    """
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def records(self, shuffle_seed: int | None) -> Iterable[Any]:
+        raise NotImplementedError
+
+    def load(self, record: Any, seed: int) -> Any:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[Any]:  # a stream is read through make_loader, which deals it out
+        raise TypeError(f"{type(self).__name__} is read through engine.data.make_loader with an EpochSampler.")
+
+
+class _StreamShare(IterableDataset):
+    """One process's share of a StreamDataset's pass, dealt to the DataLoader's workers by whole batches.
+
+    The DataLoader asks its workers for batches in turn (worker k of K makes batches k, k + K, ...), so each
+    worker keeps the samples of its batches and the loader's output is in the sampler's order.
+    """
+
+    def __init__(self, stream: StreamDataset, sampler: EpochSampler, batch_size: int) -> None:
+        self.stream, self.sampler, self.batch_size = stream, sampler, batch_size
+
+    def __iter__(self) -> Iterator[Any]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        places, sampler = self.sampler.positions(), self.sampler
+        shuffle_seed = sampler.seed * 1_000_003 + sampler.epoch if sampler.shuffle else None
+        mine = {p for i, p in enumerate(places) if (i // self.batch_size) % workers == worker}
+        seen = 0
+        if mine:
+            for position, record in enumerate(self.stream.records(shuffle_seed)):
+                if position in mine:
+                    seen += 1
+                    yield self.stream.load(record, sampler.sample_seed(position))
+                    if seen == len(mine):
+                        break
+        for position in sorted(mine)[seen:]:  # a stream shorter than its length: every rank still ends together
+            yield Unreadable(f"stream position {position} (the stream ended before its stated length "
+                             f"{len(self.stream)})")
 
 
 def make_loader(dataset: Dataset, sampler: EpochSampler, batch_size: int, workers: int,
                 collate: Callable[[list[Any]], tuple[Any, int]], pin_memory: bool = False) -> DataLoader:
-    """A DataLoader yielding `Collated` batches in the sampler's order."""
+    """A DataLoader yielding `Collated` batches in the sampler's order (a StreamDataset's too)."""
+    stream = isinstance(dataset, StreamDataset)
     return DataLoader(
-        dataset,
+        _StreamShare(dataset, sampler, batch_size) if stream else dataset,
         batch_size=batch_size,
-        sampler=sampler,
+        sampler=None if stream else sampler,
         num_workers=workers,
         collate_fn=_SkipUnreadable(collate),
         pin_memory=pin_memory,

@@ -39,7 +39,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..models import set_grad_checkpointing
 from .config import EngineConfig
-from .data import Collated, EpochSampler, make_loader, warn_skipped
+from .data import Collated, EpochSampler, StreamDataset, make_loader, warn_skipped
 from .distributed import Dist, all_reduce_sum, check_in_sync, gather_objects, setup_distributed, teardown_distributed
 from .evaluation import autocast, evaluate, to_device
 from .logging import MetricsLog, progress_bar
@@ -172,8 +172,10 @@ class Engine:
         self.data = on_every_rank(lambda: task.build_datasets(d), d, "Building the datasets")
         self.global_batch = cfg.batch_size * cfg.accum_steps * d.world_size
         # The sampler cuts each epoch to whole optimiser steps; the loader hands out micro-batches of batch_size.
+        # A dataset may fix its own epoch order (a permutation by (seed, epoch)): tar shards read a few at a time.
         self.train_sampler = EpochSampler(len(self.data.train), shuffle=True, seed=cfg.seed, rank=d.rank,
-                                          world_size=d.world_size, batch_size=cfg.batch_size * cfg.accum_steps)
+                                          world_size=d.world_size, batch_size=cfg.batch_size * cfg.accum_steps,
+                                          order=getattr(self.data.train, "epoch_order", None))
         self.steps_per_epoch = self.train_sampler.steps()
         if self.steps_per_epoch == 0:
             raise ValueError(f"batch_size {cfg.batch_size} x accum_steps {cfg.accum_steps} x {d.world_size} "
@@ -236,6 +238,10 @@ class Engine:
             self._say(f"Resumed from {run.resumed_from}: epoch {self.pos.epoch + 1}, sample "
                       f"{self.pos.samples_in_epoch} of the epoch, step {self.pos.step}"
                       + (f"; with new values {changed}" if changed else "") + ".")
+            if isinstance(self.data.train, StreamDataset) and self.pos.samples_in_epoch:
+                self._say(f"The training data is a stream: every process reads the epoch's first "
+                          f"{self.pos.samples_in_epoch} records again to pass over them (exact when the stream "
+                          "gives the same records in the same order as before).")
 
     def _set_schedule(self) -> None:
         """Point the schedule at the current position, measured in samples (valid across batch/world changes)."""

@@ -19,7 +19,8 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a training checkpoint (.pth), the release's .pth or a .safetensors")
-    parser.add_argument("--data-dir", required=True, help="dataset folder holding <split>/<class>/<image>")
+    parser.add_argument("--data-dir", required=True, help="dataset folder holding <split>/<class>/<image>, or "
+                        "wds:DIR (data pack shards), hf:DIR, hf-stream:DIR (a local Hugging Face dataset)")
     parser.add_argument("--split", default="val")
     parser.add_argument("--img-size", type=int, default=None, help="evaluation resolution (default: trained one)")
     parser.add_argument("--crop-pct", type=float, default=None)
@@ -48,7 +49,8 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", nargs="+", metavar="IMAGE")
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--img-size", type=int, default=None)
-    parser.add_argument("--data-dir", default=None, help="take class names from <data-dir>/val/<class>")
+    parser.add_argument("--data-dir", default=None, help="take class names from <data-dir>/val/<class> (or from "
+                        "a wds:, hf: or hf-stream: source's val split)")
     parser.add_argument("--top-k", type=int, default=5)
     _model_arguments(parser)
 

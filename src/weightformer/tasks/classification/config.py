@@ -20,10 +20,19 @@ class ClassificationConfig(EngineConfig):
     """Everything a classification run depends on. Saved, resolved, with every checkpoint."""
 
     # -- data -------------------------------------------------------------------------------------------------
-    data_dir: str | None = None  # ImageNet layout: <data_dir>/<train_split>/<class>/*; "synthetic": built-in
+    # A folder in ImageNet layout (<data_dir>/<train_split>/<class>/*), "synthetic" (built in), "wds:DIR" (tar
+    # shards of `weightformer data pack`), "hf:DIR" (a local Hugging Face dataset) or "hf-stream:DIR" (streamed)
+    data_dir: str | None = None
     train_split: str = "train"
     val_split: str = "val"
     synthetic: dict[str, Any] = field(default_factory=dict)  # make_synthetic_dataset arguments (root, seed, ...)
+    # wds: "global" shuffles all samples (the folder's order: the same batches as from the folder); "shards"
+    # reads shards in a random order, samples shuffled within windows of shard_window shards (fewer open files)
+    shard_order: str = setting("global", choices=("global", "shards"))
+    shard_window: int = setting(4, ge=1)
+    image_column: str = "image"  # hf, hf-stream: the image column and the (ClassLabel) label column
+    label_column: str = "label"
+    stream_buffer: int = setting(1000, ge=1)  # hf-stream: records in the shuffle buffer
 
     # -- model ------------------------------------------------------------------------------------------------
     model: str = "weightformer_tiny"

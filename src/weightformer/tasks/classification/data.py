@@ -7,6 +7,7 @@ augmentation does not depend on the worker that loads it. An unreadable image do
 
 from __future__ import annotations
 
+import io
 import random
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -22,7 +23,8 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from ...engine.data import Unreadable
 
-__all__ = ["FolderDataset", "check_splits", "eval_transform", "train_transform", "collate_images"]
+__all__ = ["FolderDataset", "open_image", "transformed", "check_splits", "eval_transform", "train_transform",
+           "collate_images"]
 
 
 @contextmanager
@@ -40,6 +42,25 @@ def _seeded(seed: int) -> Iterator[None]:
         torch.set_rng_state(torch_state)
 
 
+def open_image(source: str | Path | bytes, description: str) -> Image.Image | Unreadable:
+    """An RGB image from a file or from its encoded bytes, or `Unreadable(description and reason)`."""
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+            return image.convert("RGB")
+    except Exception as error:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ... on bad files
+        return Unreadable(f"{description} ({type(error).__name__}: {error})")
+
+
+def transformed(image: Image.Image, transform: Any, seed: int | None) -> Any:
+    """`transform(image)`, under `seed` when given (an item's own seed), else under the ambient RNGs."""
+    if transform is None:
+        return image
+    if seed is None:
+        return transform(image)
+    with _seeded(seed):
+        return transform(image)
+
+
 class FolderDataset(ImageFolder):
     """ImageFolder whose items may carry their own seed and whose unreadable images come back as `Unreadable`.
 
@@ -48,21 +69,17 @@ class FolderDataset(ImageFolder):
     cannot end an epoch.
     """
 
-    def __getitem__(self, item: int | tuple[int, int]) -> tuple[Any, Any]:
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[Any, Any] | Unreadable:
         index, seed = item if isinstance(item, tuple) else (item, None)
         path, target = self.samples[index]
-        try:
-            with Image.open(path) as image:
-                image = image.convert("RGB")
-        except Exception as error:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ... on bad files
-            return Unreadable(f"{path} ({type(error).__name__}: {error})")
-        if self.transform is not None:
-            if seed is None:
-                image = self.transform(image)
-            else:
-                with _seeded(seed):
-                    image = self.transform(image)
-        return image, target
+        image = open_image(path, path)
+        if isinstance(image, Unreadable):
+            return image
+        return transformed(image, self.transform, seed), target
+
+    def original(self, index: int) -> Image.Image | Unreadable:
+        """Sample `index`'s image as stored (for pictures of predictions)."""
+        return open_image(self.samples[index][0], self.samples[index][0])
 
 
 def collate_images(samples: list[tuple[torch.Tensor, int]]) -> tuple[tuple[torch.Tensor, torch.Tensor], int]:

@@ -18,7 +18,8 @@ from ...engine.evaluation import evaluate
 from ...engine.metrics import Metric
 from ...models import create_model_from_checkpoint, read_state_dict
 from ..loader import load_run_model
-from .data import FolderDataset, check_splits, collate_images, eval_transform
+from .data import collate_images, eval_transform
+from .sources import DataSource
 
 __all__ = ["TopKAccuracy", "ClassifierValidation", "load_classifier", "evaluate_folder", "predict", "class_names_for"]
 
@@ -94,7 +95,7 @@ def class_names_for(num_classes: int, stored: Sequence[str] | None = None,
     if stored:
         return list(stored)
     if data_dir is not None:
-        return check_splits(data_dir, None, split)
+        return list(DataSource.parse(str(data_dir)).open(split, None).classes)
     if num_classes == 1000:
         from timm.data import ImageNetInfo
 
@@ -106,18 +107,18 @@ def class_names_for(num_classes: int, stored: Sequence[str] | None = None,
 def evaluate_folder(checkpoint: str | Path, data_dir: str | Path, split: str = "val", model_name: str | None = None,
                     img_size: int | None = None, batch_size: int = 128, workers: int = 4, device: str = "auto",
                     crop_pct: float | None = None, amp: bool = True, ema: bool = True) -> dict[str, Any]:
-    """Evaluate a checkpoint (its EMA weights unless `ema=False`) on `<data_dir>/<split>/<class>/*` with the
-    release's evaluation transform."""
-    classes = check_splits(data_dir, None, split)
+    """Evaluate a checkpoint (its EMA weights unless `ema=False`) on a split of a classification source
+    (`<data_dir>/<split>/<class>/*`, or `wds:`, `hf:`, `hf-stream:` DIR) with the release's evaluation transform."""
+    source = DataSource.parse(str(data_dir))
+    dataset = source.open(split, None)
     model, info = load_classifier(checkpoint, model_name, img_size, ema)
-    if model.num_classes != len(classes):
-        raise ValueError(f"{checkpoint} classifies {model.num_classes} classes but {Path(data_dir) / split} has "
-                         f"{len(classes)} class folders.")
+    if model.num_classes != len(dataset.classes):
+        raise ValueError(f"{checkpoint} classifies {model.num_classes} classes but the {split!r} split of {source} "
+                         f"has {len(dataset.classes)}.")
     device = resolve_device(device)
     cfg = model.pretrained_cfg
-    transform = eval_transform(info["img_size"], crop_pct or info["crop_pct"], info["interpolation"], cfg["mean"],
-                               cfg["std"])
-    dataset = FolderDataset(str(Path(data_dir) / split), transform=transform)
+    dataset.transform = eval_transform(info["img_size"], crop_pct or info["crop_pct"], info["interpolation"],
+                                       cfg["mean"], cfg["std"])
     loader = make_loader(dataset, EpochSampler(len(dataset), shuffle=False), batch_size, workers,
                          collate_images, pin_memory=device.type == "cuda")
     amp_dtype = torch.bfloat16 if amp and device.type == "cuda" else None

@@ -15,8 +15,9 @@ from ...engine.loop import fit
 from ...engine.task import Datasets, Task
 from ...models import create_model, load_checkpoint
 from .config import ClassificationConfig
-from .data import FolderDataset, check_splits, collate_images, eval_transform, train_transform
+from .data import collate_images, eval_transform, train_transform
 from .evaluate import ClassifierValidation
+from .sources import DataSource
 from .synthetic import dataset_folder
 
 __all__ = ["ClassificationTask", "build_classifier", "checkpoint_model", "train"]
@@ -44,7 +45,8 @@ class ClassificationTask(ClassifierValidation, Task):
         super().__init__(cfg)
         if cfg.data_dir is None:
             raise ValueError(f"No dataset: set data_dir (--data-dir /path/to/imagenet, holding {cfg.train_split}/ "
-                             f"and {cfg.val_split}/), or --data-dir synthetic for the built-in one.")
+                             f"and {cfg.val_split}/; wds:DIR, hf:DIR or hf-stream:DIR), or --data-dir synthetic for "
+                             "the built-in one.")
         self.mixing = cfg.mixup > 0 or cfg.cutmix > 0
         if self.mixing and cfg.mixup_mode == "batch" and cfg.batch_size % 2:
             raise ValueError(f"Mixup/CutMix in batch mode pairs images: batch_size must be even, not "
@@ -58,18 +60,17 @@ class ClassificationTask(ClassifierValidation, Task):
 
     def build_datasets(self, d: Dist) -> Datasets:
         cfg = self.cfg
-        data_dir = dataset_folder(cfg.data_dir, cfg.synthetic)
-        self.classes = check_splits(data_dir, cfg.train_split, cfg.val_split)
-        train_set = FolderDataset(str(data_dir / cfg.train_split), transform=train_transform(cfg))
-        val_set = FolderDataset(str(data_dir / cfg.val_split),
-                                transform=eval_transform(cfg.img_size, cfg.crop_pct, cfg.interpolation))
+        source = DataSource.from_config(cfg)
+        train_set, val_set, self.classes = source.open_splits(
+            cfg.train_split, cfg.val_split, train_transform(cfg),
+            eval_transform(cfg.img_size, cfg.crop_pct, cfg.interpolation))
         self.val_dataset, self.mixup = val_set, None
         if self.mixing:
             self.mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mixup_prob,
                                switch_prob=cfg.mixup_switch_prob, mode=cfg.mixup_mode,
                                label_smoothing=cfg.smoothing, num_classes=len(self.classes))
         return Datasets(train_set, val_set, f"{len(self.classes)} classes, {len(train_set)} train / {len(val_set)} "
-                                            f"val images from {data_dir}")
+                                            f"val images from {source}")
 
     def collate(self, samples: list[Any], train: bool) -> tuple[Any, int]:
         if train and self.mixup is not None and self.cfg.mixup_mode == "batch" and len(samples) % 2:
