@@ -36,16 +36,20 @@ def offline_hf(tmp_path, monkeypatch):
 
 
 def _hf_copies(folder, out):
-    """The folder as a save_to_disk folder and as parquet files (train in 2 files), rows in the folder's order."""
+    """The folder as a save_to_disk folder (images as bytes) and as parquet files (images as paths; train in 2
+    files), rows in the folder's order."""
     datasets = pytest.importorskip("datasets")
     classes = sorted(p.name for p in (folder / "train").iterdir())
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=classes)})
-    splits = {}
+    splits, embedded = {}, {}
     for split in ("train", "val"):
         items = FolderDataset(str(folder / split)).samples
-        splits[split] = datasets.Dataset.from_dict(
-            {"image": [p for p, _ in items], "label": [t for _, t in items]}, features=features)
-    datasets.DatasetDict(splits).save_to_disk(str(out / "disk"))
+        labels = [t for _, t in items]
+        splits[split] = datasets.Dataset.from_dict({"image": [p for p, _ in items], "label": labels},
+                                                   features=features)
+        images = [{"bytes": open(p, "rb").read(), "path": None} for p, _ in items]
+        embedded[split] = datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
+    datasets.DatasetDict(embedded).save_to_disk(str(out / "disk"))
     (out / "parquet").mkdir()
     half = len(splits["train"]) // 2
     splits["train"].select(range(half)).to_parquet(str(out / "parquet" / "train-00000-of-00002.parquet"))
