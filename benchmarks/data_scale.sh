@@ -6,6 +6,7 @@
 # 2. Data loading alone (the training transform and the engine's loader, one pass), workers 0 / 1 / 2, from each.
 # 3. A mid-epoch resumption on shards: one epoch on 1 process with a checkpoint every 50 steps, then the same
 #    epoch resumed from step 50 on 2 processes (torchrun, batch 32 each: the same global batch of 64).
+# 4. One epoch of the embedded recipe's training from each source (the same 9,000 images).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work="${1:-/tmp/wf-data-scale}"
@@ -34,9 +35,9 @@ done
 
 # 3. Mid-epoch resumption on shards, 1 process -> 2 processes.
 runs="$work/runs"
-rm -rf "$runs"
-weightformer train --data-dir "wds:$work/small-shards" --epochs 1 --warmup-epochs 0.1 --output-dir "$runs" --run-name one \
-    --checkpoint-interval 50 --keep-checkpoints 10 --progress false --shard-order shards
+rm -rf "$runs" "$work/train-runs"
+weightformer train --data-dir "wds:$work/small-shards" --epochs 1 --warmup-epochs 0.1 --output-dir "$runs" \
+    --run-name one --checkpoint-interval 50 --keep-checkpoints 10 --progress false --shard-order shards
 mkdir -p "$runs/two/checkpoints"
 cp "$runs/one/checkpoints/step-00000050.pth" "$runs/two/checkpoints/"
 torchrun --nproc_per_node=2 -m weightformer train --data-dir "wds:$work/small-shards" --epochs 1 --warmup-epochs 0.1 \
@@ -48,3 +49,9 @@ one, two = (torch.load(f"{sys.argv[1]}/{r}/checkpoints/last.pth", weights_only=T
 diff = max((one["model"][k].float() - two["model"][k].float()).abs().max().item() for k in one["model"])
 print(f"steps {one['step']} / {two['step']}; largest weight difference, uninterrupted vs resumed: {diff:.2e}")
 PY
+
+# 4. Training from each source: one epoch of the embedded recipe (1 process, workers 1).
+for source in "$small" "wds:$work/small-shards" "hf:$work/small-hf/disk" "hf-stream:$work/small-hf/parquet"; do
+    weightformer train --data-dir "$source" --epochs 1 --warmup-epochs 0.1 --output-dir "$work/train-runs" \
+        --progress false --log-interval 1000
+done

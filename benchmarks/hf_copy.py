@@ -1,6 +1,7 @@
 """Copy an ImageNet-layout folder into the two local Hugging Face forms `--data-dir hf:` reads (for the data
-benchmarks of benchmarks/SCALE.md): OUT/disk (`save_to_disk`) and OUT/parquet (`<split>-NNNNN-of-NNNNN.parquet`,
-`--parquet-shards` files per split). Rows are in the folder's (ImageFolder's) order, each image's file bytes in its row.
+benchmarks of benchmarks/SCALE.md): OUT/disk (`save_to_disk`, rows in the folder's order) and OUT/parquet
+(`<split>-NNNNN-of-NNNNN.parquet`, `--parquet-shards` files per split, rows in a random order), each image's file
+bytes in its row.
 
     python benchmarks/hf_copy.py DIR OUT [--parquet-shards 4]
 """
@@ -35,6 +36,9 @@ def main() -> None:
     (args.output / "parquet").mkdir(parents=True)
     n = args.parquet_shards
     for split, data in copies.items():
+        # Parquet rows in a random (fixed) order: a stream is shuffled only by its shard order and its buffer, and
+        # the folder lists its images class after class
+        data = data.shuffle(seed=0).flatten_indices()
         for i in range(n):
             path = args.output / "parquet" / f"{split}-{i:05d}-of-{n:05d}.parquet"
             data.shard(n, i, contiguous=True).to_parquet(str(path))

@@ -20,7 +20,7 @@ import torch.multiprocessing as mp
 from train_helpers import tiny_config, tiny_dataset
 from weightformer.cli.main import main
 from weightformer.engine import Unreadable
-from weightformer.tasks.classification import train
+from weightformer.tasks.classification import evaluate_folder, train
 from weightformer.tasks.classification.data import FolderDataset
 from weightformer.tasks.classification.shards import ShardDataset, pack_folder, verify_shards
 from weightformer.tasks.classification.sources import DataSource
@@ -89,6 +89,8 @@ def test_pack_round_trip_manifest_checksums_and_every_image_once(tmp_path):
         shards, folder = ShardDataset(root, split), FolderDataset(str(data / split))
         assert len(shards) == len(folder) and shards.targets == folder.targets  # the folder's order
         assert np.array_equal(np.asarray(shards[5][0]), np.asarray(folder[5][0]))
+        first = [shards.targets[i] for i in range(len(shards)) if shards.index["shard"][i] == 0]
+        assert len(set(first)) >= 3  # shards mix the classes (the folder lists them class after class)
     assert verify_shards(root) == (6, [])
     timm_info = json.loads((root / "_info.json").read_text())
     assert timm_info["splits"]["train"]["shard_lengths"] == [10, 10, 10, 6]
@@ -125,11 +127,18 @@ def test_pack_leaves_out_unreadable_images_and_never_overwrites(tmp_path, capsys
 def test_shard_order_reads_a_few_shards_at_a_time(tmp_path):
     pack_folder(tiny_dataset(tmp_path / "d"), tmp_path / "shards", shard_size=5)  # 8 shards of train
     dataset = ShardDataset(tmp_path / "shards", "train", order="shards", window=2)
-    shard_of = dataset.index["shard"]
+    shard_of, sizes = dataset.index["shard"].tolist(), np.bincount(dataset.index["shard"]).tolist()
     order = dataset.epoch_order(0, 3)
     assert sorted(order) == list(range(36)) and order == dataset.epoch_order(0, 3) != dataset.epoch_order(0, 4)
-    windows = [set(shard_of[order[i:i + 10]].tolist()) for i in range(0, 30, 10)]  # 2 full shards per window
-    assert all(len(w) == 2 for w in windows) and not set.intersection(*windows)
+    windows, current, count = [], set(), 0  # the order, cut where two whole shards have been read
+    for i in order:
+        current.add(shard_of[i])
+        count += 1
+        assert len(current) <= 2
+        if len(current) == 2 and count == sum(sizes[s] for s in current):
+            windows.append(current)
+            current, count = set(), 0
+    assert len(windows) == 4 and sorted(s for w in windows for s in w) == list(range(8))
     assert ShardDataset(tmp_path / "shards", "train").epoch_order is None  # "global": the sampler's shuffle
 
 
@@ -149,15 +158,17 @@ def test_corrupt_and_missing_members_are_counted_and_skipped(tmp_path, capsys):
     pack_folder(data, tmp_path / "shards", shard_size=10)
     root = tmp_path / "shards"
     dataset = ShardDataset(root, "train")
-    # Sample 3: one byte of its image flipped in place. Sample 14 (shard 1): its members removed from the shard.
-    with open(root / "train" / "shard-000000.tar", "r+b") as f:
+    # Sample 3: one byte of its image flipped in place. Sample 14 (another shard): its members removed from it.
+    flipped, rewritten = (dataset.shard_files[int(dataset.index["shard"][i])] for i in (3, 14))
+    assert flipped != rewritten
+    with open(flipped, "r+b") as f:
         f.seek(int(dataset.index["offset"][3]) + 20)
         byte = f.read(1)
         f.seek(-1, 1)
         f.write(bytes([byte[0] ^ 0xFF]))
-    _rewrite_without(root / "train" / "shard-000001.tar", f"{int(dataset.index['key'][14]):08d}.")
-    with pytest.warns(UserWarning):
-        dataset = ShardDataset(root, "train")  # shard 1's size differs from the manifest: said at start
+    _rewrite_without(rewritten, f"{int(dataset.index['key'][14]):08d}.")
+    with pytest.warns(UserWarning, match=rewritten.name):
+        dataset = ShardDataset(root, "train")  # the rewritten shard's size differs from the manifest: said at start
     with pytest.warns(UserWarning, match="differs from its index"):
         items = [dataset[i] for i in range(len(dataset))]
     bad = {i: item.description for i, item in enumerate(items) if isinstance(item, Unreadable)}
@@ -165,7 +176,8 @@ def test_corrupt_and_missing_members_are_counted_and_skipped(tmp_path, capsys):
     folder = FolderDataset(str(data / "train"))
     assert all(np.array_equal(np.asarray(items[i][0]), np.asarray(folder[i][0])) for i in (10, 13, 15, 19))
     assert main(["data", "verify", str(root)]) == 1
-    assert "shard-000001.tar" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"{flipped}: SHA-256 differs" in out and f"{rewritten}: " in out and "6 shards checked: 2 differ" in out
     with pytest.warns(UserWarning):
         result = train(tiny_config(f"wds:{root}", tmp_path / "runs"))
     assert result["skipped_samples"] == 2
@@ -186,6 +198,10 @@ def test_training_from_shards_and_a_local_hf_folder_matches_the_folder(tmp_path,
         weights[name] = result["model"].state_dict()
     for name in ("wds", "hf", "parquet"):  # the same images in the same order: the same batches, bit for bit
         assert all(torch.equal(weights["folder"][k], v) for k, v in weights[name].items()), name
+    checkpoint = tmp_path / "wds" / "synthetic" / "checkpoints" / "last.pth"
+    for data_dir in (f"wds:{tmp_path / 'shards'}", f"hf-stream:{parquet}"):  # eval reads every source too
+        metrics = evaluate_folder(checkpoint, data_dir, "val", workers=0, device="cpu", amp=False)
+        assert metrics["images"] == 18 and metrics["top1"] == pytest.approx(result["val_top1"])
     result = train(tiny_config(f"hf-stream:{parquet}", tmp_path / "stream", workers=2))
     assert result["val_images"] == 18 and result["skipped_samples"] == 0
     assert (result["run_dir"] / "predictions.png").is_file()

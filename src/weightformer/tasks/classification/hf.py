@@ -9,6 +9,8 @@
   Every process and data worker reads the whole stream and decodes its share, and a run resumed mid-epoch reads
   the epoch's first records again to pass over them (logged): exact when the files and the `datasets` version
   are unchanged. For large data, `weightformer data pack` shards or a local folder read by index cost less.
+  A stream is only as shuffled as its shard order and buffer make it: rows stored class after class need files
+  written in a random order (or a buffer as large as the data).
 
 Only local folders are read (nothing is downloaded). The images are the `image_column` (a `datasets.Image`
 feature: encoded bytes or a path), the classes the names of the `label_column`'s `ClassLabel` feature. A split

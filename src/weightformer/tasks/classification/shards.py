@@ -1,9 +1,10 @@
 """Tar shards of an image-folder dataset (WebDataset layout), and a dataset that reads them by index.
 
 `pack_folder(src, out, shard_size)` writes each split of an ImageNet-layout folder as `<out>/<split>/shard-
-000000.tar`, ... Sample k of a split is the k-th image of the folder in ImageFolder's order (classes sorted,
-then files), stored as two members, `<key>.<ext>` (the image file's bytes, unchanged) and `<key>.cls` (its class
-index), key = the image's place in the folder listing (`00000042`). Beside the shards:
+000000.tar`, ... Each image is stored as two members, `<key>.<ext>` (the image file's bytes, unchanged) and
+`<key>.cls` (its class index), key = the image's place in the folder listing (`00000042`); images are dealt to
+shards in a fixed random order, so every shard mixes the classes. Sample k of the split is still the k-th image
+of the folder in ImageFolder's order (classes sorted, then files). Beside the shards:
 
 - `manifest.json`: the classes, and per split the samples, the count per class, each shard's file, samples, bytes
   and SHA-256, the index file, and the images left out because they could not be read;
@@ -27,6 +28,7 @@ import hashlib
 import io
 import json
 import os
+import random
 import shutil
 import tarfile
 import tempfile
@@ -50,6 +52,7 @@ from .data import check_splits, open_image, transformed
 __all__ = ["MANIFEST", "FORMAT", "pack_folder", "read_manifest", "ShardDataset", "verify_shards"]
 
 MANIFEST, FORMAT, VERSION = "manifest.json", "weightformer-shards", 1
+_SHUFFLE_SEED = 0  # of the images' assignment to shards: packing the same folder twice gives the same shards
 _BLOCK = tarfile.BLOCKSIZE  # 512: a member's header, and the unit its data is padded to
 _INDEX_FIELDS = ("shard", "key", "offset", "size", "label", "crc")
 
@@ -102,6 +105,10 @@ def _pack_split(folder: Path, out: Path, split: str, classes: list[str], shard_s
     items = make_dataset(str(folder), {c: i for i, c in enumerate(classes)}, extensions=IMG_EXTENSIONS)
     (out / split).mkdir()
     numbered = list(enumerate(items))  # key: the image's place in the folder listing
+    # Images go to shards in a random (fixed) order, so that each shard mixes the classes: a folder lists them
+    # class after class, and readers that take a few shards at a time (shard_order "shards", webdataset) would
+    # see a few classes at a time. The index stays in the folder's order.
+    random.Random(f"{_SHUFFLE_SEED}/{split}").shuffle(numbered)
     jobs = [(out, f"{split}/shard-{n:06d}.tar", numbered[start:start + shard_size])
             for n, start in enumerate(range(0, len(items), shard_size))]
     if workers > 1:
@@ -109,7 +116,8 @@ def _pack_split(folder: Path, out: Path, split: str, classes: list[str], shard_s
             shards = list(pool.map(_write_shard, jobs))
     else:
         shards = [_write_shard(job) for job in jobs]
-    rows = [(n, *entry) for n, shard in enumerate(shards) for entry in shard.pop("entries")]
+    rows = sorted(((n, *entry) for n, shard in enumerate(shards) for entry in shard.pop("entries")),
+                  key=lambda row: row[1])  # sample k: the k-th readable image of the folder
     columns = np.array(rows, dtype=np.int64).reshape(-1, len(_INDEX_FIELDS)).T
     np.savez(out / split / "index.npz", **dict(zip(_INDEX_FIELDS, columns, strict=True)))
     counts = Counter(int(label) for label in columns[4])
@@ -216,8 +224,10 @@ class ShardDataset(Dataset):
         with np.load(self.root / entry["index"], allow_pickle=False) as index:
             self.index = {name: index[name] for name in _INDEX_FIELDS}
         self.targets = self.index["label"].tolist()
-        # sample range of each shard: samples are stored shard after shard
-        self.shard_starts = np.searchsorted(self.index["shard"], np.arange(len(self.shard_files) + 1)).tolist()
+        # the samples each shard holds
+        by_shard = np.argsort(self.index["shard"], kind="stable")
+        counts = np.bincount(self.index["shard"], minlength=len(self.shard_files))
+        self.shard_samples = [torch.from_numpy(a) for a in np.split(by_shard, np.cumsum(counts)[:-1])]
         self.order, self.window = order, window
         self._files: OrderedDict[int, int] = OrderedDict()  # shard -> file descriptor, this process's
         self._pid = os.getpid()
@@ -308,8 +318,7 @@ class ShardDataset(Dataset):
         shards = torch.randperm(len(self.shard_files), generator=generator).tolist()
         order = []
         for w in range(0, len(shards), self.window):
-            group = torch.cat([torch.arange(self.shard_starts[s], self.shard_starts[s + 1])
-                               for s in shards[w:w + self.window]])
+            group = torch.cat([self.shard_samples[s] for s in shards[w:w + self.window]])
             order += group[torch.randperm(len(group), generator=generator)].tolist()
         return order
 
