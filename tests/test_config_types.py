@@ -31,6 +31,7 @@ WRONG_TYPE: dict[Any, list[Any]] = {
     int: ["x", 1.5, "1.5", True, [1], None, float("inf")],
     float: ["x", True, [0.1], None, float("nan"), "inf"],
     bool: ["maybe", 1, 0, "true", None, [True]],
+    bool | None: ["maybe", 1, 0, "true", [True]],
     str: [5, 1.5, True, ["a"], None, {"a": 1}],
     str | None: [5, True, ["a"], {"a": 1}],
     float | None: ["x", True, [1.0], float("nan")],

@@ -172,12 +172,15 @@ class Engine:
         self.data = on_every_rank(lambda: task.build_datasets(d), d, "Building the datasets")
         self.global_batch = cfg.batch_size * cfg.accum_steps * d.world_size
         # The sampler cuts each epoch to whole optimiser steps; the loader hands out micro-batches of batch_size.
+        # With groups, each optimiser step's global batch comes from one group.
         self.train_sampler = EpochSampler(len(self.data.train), shuffle=True, seed=cfg.seed, rank=d.rank,
-                                          world_size=d.world_size, batch_size=cfg.batch_size * cfg.accum_steps)
+                                          world_size=d.world_size, batch_size=cfg.batch_size * cfg.accum_steps,
+                                          groups=self.data.groups)
         self.steps_per_epoch = self.train_sampler.steps()
         if self.steps_per_epoch == 0:
+            within = " of any one group" if self.data.groups is not None else ""
             raise ValueError(f"batch_size {cfg.batch_size} x accum_steps {cfg.accum_steps} x {d.world_size} "
-                             f"processes is more than the {len(self.data.train)} training samples.")
+                             f"processes is more than the {len(self.data.train)} training samples{within}.")
         self.pin = d.device.type == "cuda" and cfg.pin_memory
         if self.data.val is not None:
             sampler = EpochSampler(len(self.data.val), shuffle=False, rank=d.rank, world_size=d.world_size)
@@ -225,9 +228,13 @@ class Engine:
         cfg, run = self.cfg, self.run
         n_params = sum(p.numel() for p in self.model.parameters())
         accum = f" ({cfg.accum_steps} micro-batches of {cfg.batch_size} per process)" if cfg.accum_steps > 1 else ""
+        grouped = ""
+        if self.data.groups is not None:
+            grouped = (f" (each from one of {len(set(self.data.groups))} sample groups; "
+                       f"{self.train_sampler.left_over()} samples left over per epoch)")
         self._say(f"Run {run.run_dir}: {n_params / 1e6:.2f} M parameters; {self.data.description}; "
                   f"{self.d.world_size} process(es) on {self.d.device.type}, global batch {self.global_batch}{accum}, "
-                  f"peak lr {self.lr:.3g}, {self.steps_per_epoch} steps per epoch.")
+                  f"peak lr {self.lr:.3g}, {self.steps_per_epoch} steps per epoch{grouped}.")
         if self.pos.epoch >= cfg.epochs:
             self._say(f"Nothing to train: {run.run_dir} has finished its {cfg.epochs} epochs (to train longer, "
                       "resume with a larger --epochs and --resume-override epochs).")
