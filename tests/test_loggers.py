@@ -15,11 +15,14 @@ from weightformer.cli.main import main
 from weightformer.engine import fit
 
 
-def _preempted_then_resumed(tmp_path, logger: str):
-    """A run stopped by SIGUSR1 in step 6 of 16, then resumed to the end; its folder and metrics.jsonl lines."""
+def _preempted_then_resumed(tmp_path, logger: str, when_stopped=None):
+    """A run stopped by SIGUSR1 in step 6 of 16, then resumed to the end; its folder and metrics.jsonl lines.
+    when_stopped(run folder, tracker run id) looks at the tracker between the two."""
     stopped = fit(NumbersTask(numbers_config(tmp_path, logger=logger, signal_at_step=5, model_ema=True)))
     assert stopped["preempted"]
     ids = json.loads((stopped["run_dir"] / "loggers.json").read_text())
+    if when_stopped is not None:
+        when_stopped(stopped["run_dir"], ids[logger])
     resumed = fit(NumbersTask(numbers_config(tmp_path, logger=logger, resume="auto", model_ema=True)))
     assert resumed["run_dir"] == stopped["run_dir"] and resumed["step"] == 16
     assert json.loads((resumed["run_dir"] / "loggers.json").read_text()) == ids  # the same tracker run
@@ -35,8 +38,14 @@ def test_mlflow_logs_every_metrics_line_and_the_config_into_one_run(tmp_path):
     pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient
 
-    run_dir, run_id, lines = _preempted_then_resumed(tmp_path, "mlflow")
-    client = MlflowClient(tracking_uri=(run_dir / "mlruns").resolve().as_uri())
+    def client_of(run_dir):
+        return MlflowClient(tracking_uri=(run_dir / "mlruns").resolve().as_uri())
+
+    def preempted(run_dir, run_id):
+        assert client_of(run_dir).get_run(run_id).info.status == "KILLED"  # closed on preemption
+
+    run_dir, run_id, lines = _preempted_then_resumed(tmp_path, "mlflow", preempted)
+    client = client_of(run_dir)
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.info.run_name == "numbers"
     for kind, key in [("train", "loss"), ("train", "lr"), ("epoch", "val_loss"), ("epoch", "val_ema_loss"),

@@ -75,9 +75,10 @@ class WandbTracker:
     def __init__(self, run_dir: Path, config: dict[str, Any], run_id: str | None) -> None:
         wandb = _import("wandb")
         offline = config["wandb_mode"] == "offline"
+        quiet = dict(x_disable_stats=offline, x_disable_meta=offline, x_disable_machine_info=offline)
+        known = getattr(wandb.Settings, "model_fields", quiet)  # (experimental names: only those this version has)
         settings = wandb.Settings(mode=config["wandb_mode"], console="off", silent=True, disable_git=offline,
-                                  save_code=False, x_disable_stats=offline, x_disable_meta=offline,
-                                  x_disable_machine_info=offline)
+                                  save_code=False, **{k: v for k, v in quiet.items() if k in known})
         self.run = wandb.init(project=config["tracker_project"], name=run_dir.name, dir=str(run_dir), id=run_id,
                               resume="allow" if run_id else None, settings=settings)
         self.run.config.update(config, allow_val_change=True)  # a resumption may change free values
