@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import struct
 import sys
+import time
 
 import pytest
 
@@ -78,6 +79,23 @@ def _wandb_records(path):
             yield record
 
 
+def _closed_wandb_records(path, timeout: float = 60.0) -> list:
+    """The records of an offline W&B run once its file ends with the run's exit record: W&B's service process
+    writes the file, and may still be flushing it when `finish()` has returned."""
+    from google.protobuf.message import DecodeError
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            records = list(_wandb_records(path))
+            if records and records[-1].WhichOneof("record_type") == "exit":
+                return records
+        except DecodeError:  # a record still being written
+            pass
+        assert time.monotonic() < deadline, f"{path} has no exit record after {timeout} s"
+        time.sleep(0.2)
+
+
 def _wandb_rows(records, kind: str) -> list[dict]:
     """The history rows (kind "history") or config updates (kind "config") of an offline run, as dicts."""
     rows = []
@@ -93,7 +111,7 @@ def test_wandb_logs_offline_every_metrics_line_and_the_config_into_one_run(tmp_p
     run_dir, run_id, lines = _preempted_then_resumed(tmp_path, "wandb")
     files = sorted((run_dir / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb"))
     assert len(files) == 2  # the run and its resumption, one id: `wandb sync` uploads both to one W&B run
-    records = [r for path in files for r in _wandb_records(path)]
+    records = [r for path in files for r in _closed_wandb_records(path)]
     history = _wandb_rows(records, "history")
     for kind, key in [("train", "loss"), ("train", "lr"), ("epoch", "val_loss"), ("epoch", "val_ema_loss")]:
         logged = {row["step"]: row[f"{kind}/{key}"] for row in history if f"{kind}/{key}" in row}
