@@ -29,6 +29,7 @@ IDS_FILENAME = "loggers.json"
 # How a run ended (Tracker.close) in MLflow's words; W&B only tells preempted runs apart.
 _MLFLOW_STATUS = {"finished": "FINISHED", "preempted": "KILLED", "failed": "FAILED"}
 _MLFLOW_BATCH = 100  # MLflow takes at most 100 params per log_batch call
+_MLFLOW_PARAM_LENGTH = 6000  # and param values of at most 6000 characters
 
 
 class Tracker(Protocol):
@@ -108,7 +109,7 @@ class MlflowTracker:
         from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
 
-        self._metric, self.client, self.uri = Metric, MlflowClient(tracking_uri=uri), uri
+        self._metric, self.client = Metric, MlflowClient(tracking_uri=uri)
         try:
             self.run_id = self.client.get_run(run_id).info.run_id if run_id else None
         except MlflowException:  # another store (a new mlflow_uri), or the run was deleted: start a new one
@@ -128,7 +129,8 @@ class MlflowTracker:
         """The config as params. MLflow's params never change: on resumption new keys are added and changed
         values (overrides, free fields) are set as `resumed.<key>` tags instead."""
         logged = self.client.get_run(self.run_id).data.params
-        values = {k: json.dumps(v) if isinstance(v, list | dict) else str(v) for k, v in config.items()}
+        values = {k: (json.dumps(v) if isinstance(v, list | dict) else str(v))[:_MLFLOW_PARAM_LENGTH]
+                  for k, v in config.items()}
         new = [param(k, v) for k, v in values.items() if k not in logged]
         for i in range(0, len(new), _MLFLOW_BATCH):
             self.client.log_batch(self.run_id, params=new[i:i + _MLFLOW_BATCH])
