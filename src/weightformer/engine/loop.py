@@ -42,6 +42,7 @@ from .config import EngineConfig
 from .data import Collated, EpochSampler, make_loader, warn_skipped
 from .distributed import Dist, all_reduce_sum, check_in_sync, gather_objects, setup_distributed, teardown_distributed
 from .evaluation import autocast, evaluate, to_device
+from .loggers import open_trackers, require_trackers
 from .logging import MetricsLog, progress_bar
 from .optim import build_optimizer, build_scheduler, peak_lr
 from .preemption import PreemptionFlag
@@ -132,22 +133,27 @@ class Engine:
 
     def _fit(self) -> dict[str, Any]:
         d = self.d
+        # A tracker's missing package stops the run here, before anything is written (rank 0 alone logs).
+        on_every_rank(lambda: require_trackers(self.cfg.logger) if d.primary else None, d, "Loading the loggers")
         self._seed_and_threads()
         self.run = open_run(self.cfg, d)
         self._build_data()
         self._build_training()
         self._write_run_folder()
         self._announce()
+        status = "failed"  # how the trackers are told the run ended
         try:
             for epoch in range(self.pos.epoch, self.cfg.epochs):
                 if not self.train_one_epoch(epoch):
+                    status = "preempted"
                     return self._stopped()  # mid-epoch: its checkpoint is written
                 self.end_epoch(epoch)
             best_weights = self.ema.module if self.ema is not None else self.model  # the EMA when there is one
             on_every_rank(lambda: self.task.report(best_weights, self.run.run_dir, self.cfg.epochs, d), d, "report")
+            status = "finished"
             return self._result(preempted=False)
         finally:
-            self.log.close()
+            self.log.close(status)
 
     # -- set-up -----------------------------------------------------------------------------------------------
 
@@ -222,7 +228,8 @@ class Engine:
         if self.d.primary:
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
-        self.log = MetricsLog(run_dir, self.d.primary, self.cfg.tensorboard)
+        trackers = open_trackers(self.cfg.logger, run_dir, self.cfg.to_dict()) if self.d.primary else []
+        self.log = MetricsLog(run_dir, self.d.primary, self.cfg.tensorboard, trackers)
 
     def _announce(self) -> None:
         cfg, run = self.cfg, self.run
