@@ -143,6 +143,11 @@ def _squared_distances(a: torch.Tensor, a_norms: torch.Tensor, b: torch.Tensor,
     return (a_norms[:, None] + b_norms[None, :] - 2 * a @ b.T).clamp_(min=0)
 
 
+def _squared_norms(x: torch.Tensor, block: int) -> torch.Tensor:
+    """(N,) squared norms of the rows, a block at a time: x * x whole would be another copy of the features."""
+    return torch.cat([(rows * rows).sum(dim=1) for rows in x.split(block)])
+
+
 def knn_radii(features: torch.Tensor, k: int = 3, block: int = 2048) -> torch.Tensor:
     """The squared distance of each vector (N, D) to its k-th nearest other vector: the radius of its ball in
     the manifold estimate. A vector is its own nearest (distance 0), so it is the (k+1)-th smallest distance,
@@ -151,7 +156,7 @@ def knn_radii(features: torch.Tensor, k: int = 3, block: int = 2048) -> torch.Te
     if len(features) <= k:
         raise ValueError(f"Precision and recall with k = {k} need more than {k} feature vectors in each set, got "
                          f"{len(features)}.")
-    norms = (features * features).sum(dim=1)
+    norms = _squared_norms(features, block)
     radii = torch.empty(len(features), dtype=features.dtype, device=features.device)
     for start in range(0, len(features), block):
         rows, row_norms = features[start:start + block], norms[start:start + block]
@@ -175,7 +180,7 @@ def precision_recall(samples: np.ndarray | torch.Tensor, reference: np.ndarray |
     if x.shape[1:] != y.shape[1:]:
         raise ValueError(f"Precision/recall features of different sizes: {tuple(x.shape)} and {tuple(y.shape)}.")
     radii_x, radii_y = knn_radii(x, k, block), knn_radii(y, k, block)
-    norms_x, norms_y = (x * x).sum(dim=1), (y * y).sum(dim=1)
+    norms_x, norms_y = _squared_norms(x, block), _squared_norms(y, block)
     in_reference = torch.zeros(len(x), dtype=torch.bool, device=x.device)  # sample inside the reference manifold
     in_samples = torch.zeros(len(y), dtype=torch.bool, device=x.device)  # reference inside the samples' manifold
     for i in range(0, len(x), block):
