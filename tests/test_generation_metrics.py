@@ -172,10 +172,11 @@ def _random_inception_weights(path) -> None:
     torch.save(state, path)
 
 
-@pytest.mark.slow  # two Inception-v3 passes over 2 x 12 images at 299 px on the CPU
+@pytest.mark.slow  # three Inception-v3 passes over 2 x 12 images at 299 px on the CPU
 def test_inception_fid_and_is_match_torch_fidelity(tmp_path, monkeypatch):
     """`weightformer dit fid` in Inception space (weights from the local hub cache) against torch-fidelity's own
-    calculate_metrics on the same images and weights: FID and IS to 1e-6 relative."""
+    calculate_metrics on the same images and weights: FID and IS to 1e-6 relative, precision and recall (k = 3)
+    equal; sFID against the Fréchet distance of mixed_6/conv's first 7 channels (NHWC, ADM's order) taken here."""
     torch_fidelity = pytest.importorskip("torch_fidelity")
     from weightformer.tasks.generation.metrics import INCEPTION_WEIGHTS
 
@@ -205,11 +206,29 @@ def test_inception_fid_and_is_match_torch_fidelity(tmp_path, monkeypatch):
             return self.images[i]
 
     theirs = torch_fidelity.calculate_metrics(
-        input1=Images(samples), input2=Images(reference), fid=True, isc=True, isc_splits=3, samples_shuffle=False,
-        cuda=False, cache=False, verbose=False, save_cpu_ram=True, feature_extractor_weights_path=str(weights))
+        input1=Images(samples), input2=Images(reference), fid=True, isc=True, isc_splits=3, prc=True,
+        feature_extractor="inception-v3-compat", feature_layer_prc="2048", samples_shuffle=False, cuda=False,
+        cache=False, verbose=False, save_cpu_ram=True, feature_extractor_weights_path=str(weights))
+    assert (ours["precision"], ours["recall"]) == pytest.approx((theirs["precision"], theirs["recall"]), abs=1e-6)
+    assert ours["sfid"] == pytest.approx(frechet_distance(*gaussian_stats(_spatial(samples, weights)),
+                                                          *gaussian_stats(_spatial(reference, weights))), rel=1e-6)
     assert ours["space"] == "Inception-v3" and ours["samples"] == ours["reference"] == 12
     assert ours["fid"] == pytest.approx(theirs["frechet_inception_distance"], rel=1e-6)
     assert ours["fid"] > 1.0  # the two sets differ, and random features see it
     assert ours["is"] - 1 == pytest.approx(theirs["inception_score_mean"] - 1, rel=1e-4)
     assert ours["is_std"] == pytest.approx(theirs["inception_score_std"], rel=1e-4, abs=1e-9)
     assert ours["is"] > 1.001  # the softmax depends on the image
+
+
+def _spatial(images: np.ndarray, weights) -> np.ndarray:
+    """sFID's features written out: Mixed_6d's 1x1 branch (TensorFlow's mixed_6/conv) applied to Mixed_6c's
+    output, its first 7 channels in NHWC order, flattened (ADM's evaluator: spatial[..., :7])."""
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(weights))
+    inputs = []
+    net.Mixed_6c.register_forward_hook(lambda module, args, out: inputs.append(out))
+    with torch.no_grad():
+        net(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous())
+        out = net.Mixed_6d.branch1x1(inputs[0])  # (N, 192, 17, 17)
+    return out.permute(0, 2, 3, 1)[..., :7].reshape(len(images), -1).double().numpy()  # (N, 2023)

@@ -77,10 +77,13 @@ def _sample_on_two(rank: int, port: int, checkpoint, out) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    sample_to_files(checkpoint, out, 10, "ddpm", steps=3, cfg_scale=2.0, seed=1, batch_size=3, device="cpu")
+    sample_to_files(checkpoint, out, 10, "ddpm", steps=3, cfg_scale=2.0, seed=1, batch_size=3, device="cpu",
+                    shard_batches=1)
 
 
 def test_two_processes_draw_the_samples_of_one(checkpoint, tmp_path, one_thread):
+    """Two processes, each writing two one-batch shards, against one process writing one shard of four batches:
+    the shard size does not change the samples either."""
     sample_to_files(checkpoint, tmp_path / "one", 10, "ddpm", steps=3, cfg_scale=2.0, seed=1, batch_size=3)
     mp.start_processes(_sample_on_two, args=(_free_port(), checkpoint, tmp_path / "two"), nprocs=2,
                        start_method="spawn")

@@ -36,11 +36,14 @@ from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from .loggers import TRACKERS
+
 __all__ = ["EngineConfig", "Rule", "setting", "free", "is_free", "check_value", "field_checks", "load_config",
            "add_config_arguments", "config_from_args", "list_recipes", "resume_differences", "RESUME_OVERRIDE_ALL"]
 
 C = TypeVar("C", bound="EngineConfig")
 RESUME_OVERRIDE_ALL = "all"
+_COMMA_LISTS = ("resume_override", "logger")  # list fields that also take "a,b" (what a flag gives)
 
 
 #################################################################################
@@ -292,6 +295,11 @@ class EngineConfig:
     keep_checkpoints: int = free(2, ge=0)  # numbered checkpoints kept besides last.pth and best.pth
     progress: bool = free(True)  # a progress bar per epoch (rank 0)
     tensorboard: bool = free(True)  # also log to TensorBoard when it is installed
+    # Experiment trackers besides metrics.jsonl and TensorBoard (loggers.py): --logger wandb,mlflow
+    logger: list[str] = free(factory=list, choices=tuple(TRACKERS))
+    tracker_project: str = free("weightformer")  # the W&B project and the MLflow experiment
+    wandb_mode: str = free("offline", choices=("offline", "online"))  # offline: upload later with `wandb sync`
+    mlflow_uri: str | None = free(None)  # MLflow's tracking URI; None: file:<run folder>/mlruns
 
     def __post_init__(self) -> None:
         """Check every value against its field's type and rule, converting where the meaning is exact ("1e2" ->
@@ -317,8 +325,9 @@ class EngineConfig:
         if unknown:
             raise ValueError(f"Unknown config keys: {', '.join(unknown)}. Known keys: {', '.join(sorted(known))}.")
         values = dict(values)  # (types and ranges are checked by __post_init__)
-        if isinstance(values.get("resume_override"), str):  # --resume-override epochs,lr
-            values["resume_override"] = [k.strip() for k in values["resume_override"].split(",") if k.strip()]
+        for key in _COMMA_LISTS:  # --resume-override epochs,lr, --logger wandb,mlflow
+            if isinstance(values.get(key), str):
+                values[key] = [k.strip() for k in values[key].split(",") if k.strip()]
         return cls(**values)
 
 

@@ -7,6 +7,9 @@
   resumed with another number of processes (or another batch size) continues at the same sample.
 - A dataset returns `Unreadable(description)` for a sample it cannot read instead of raising; the collate
   step drops it and reports it, and the engine counts it.
+- Optionally samples come in groups (a task's per-sample group ids, e.g. aspect-ratio bins for detection, as
+  torchvision's GroupedBatchSampler): then every optimiser step's global batch is drawn from one group, and the
+  order stays a function of (seed, epoch), so the guarantees above hold as they are.
 - A dataset may fix its own epoch order (`epoch_order(seed, epoch)`, a permutation: tar shards read a few at a
   time), or be a `StreamDataset` read in passes (Hugging Face streaming): the sampler's positions apply to both.
 """
@@ -14,6 +17,7 @@
 from __future__ import annotations
 
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
@@ -67,38 +71,87 @@ class EpochSampler(Sampler):
     of world_size x batch_size, so that every process runs the same number of full steps; for evaluation nothing
     is cut and nothing is padded, so every sample is counted once. Process r of w takes every w-th sample from r.
     Yields `(index, sample_seed)`.
+
+    With `groups` (one group id per sample; training only) the shuffled order is regrouped as torchvision's
+    GroupedBatchSampler does: walking through it, each group gathers its samples until it holds one global batch
+    (world_size x batch_size), which then goes next into the epoch's order. So every global batch, and each
+    process's share of it, comes from one group, in an order that depends on (seed, epoch) only. What a group
+    holds at the end of the walk (fewer than a global batch: `left_over()` samples in all, the same number every
+    epoch, other samples each epoch) is left out of that epoch, as the ungrouped order leaves out its last
+    incomplete step. The grouped order depends on the global batch: a run resumed mid-epoch with another one
+    continues at the same position of a regrouped epoch (exact again from the next epoch).
     """
 
     def __init__(self, num_samples: int, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 batch_size: int | None = None, order: Callable[[int, int], Sequence[int]] | None = None) -> None:
+                 batch_size: int | None = None, groups: Sequence[int] | None = None,
+                 order: Callable[[int, int], Sequence[int]] | None = None) -> None:
+        if groups is not None and (batch_size is None or len(groups) != num_samples):
+            raise ValueError(f"groups needs a batch_size and one group id per sample ({num_samples}), got "
+                             f"{len(groups)} ids and batch_size {batch_size}.")
         self.num_samples, self.shuffle, self.seed = num_samples, shuffle, seed
         self.rank, self.world_size, self.batch_size = rank, world_size, batch_size
+        self.groups = list(groups) if groups is not None else None
         self.order_fn = order
         self.epoch, self.start = 0, 0
+        self._grouped: tuple[int, list[int]] | None = None  # (epoch, its grouped order): built once per epoch
+        self._usable = self.num_samples  # samples in whole grouped batches: the same every epoch (see usable)
+        if self.groups is not None:
+            chunk = self._global_batch()
+            self._usable = sum(n // chunk for n in Counter(self.groups).values()) * chunk
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         """Select the epoch, and skip its first `start` samples (counted in the global order, all processes)."""
         self.epoch, self.start = epoch, start
 
+    def _global_batch(self) -> int:
+        return self.world_size * (self.batch_size or 1)
+
+    def usable(self) -> int:
+        """Samples of an epoch's order before the cut to whole steps: all, or those in whole grouped batches (each
+        group fills n // global batch of them, whatever the shuffle)."""
+        return self._usable
+
+    def left_over(self) -> int:
+        """Samples that grouping leaves out of every epoch (0 without groups)."""
+        return self.num_samples - self.usable()
+
     def steps(self, start: int = 0) -> int:
         """Full global steps in an epoch from sample `start` on (training samplers)."""
-        return max(0, self.num_samples - start) // (self.world_size * (self.batch_size or 1))
+        return max(0, self.usable() - start) // self._global_batch()
 
     def positions(self) -> range:
         """This process's places in the epoch's global order: every w-th from start + rank, whole steps only."""
-        end = self.num_samples
+        end = self.usable()
         if self.batch_size is not None:
-            end = self.start + self.steps(self.start) * self.world_size * self.batch_size
+            end = self.start + self.steps(self.start) * self._global_batch()
         return range(self.start + self.rank, end, self.world_size)
 
     def order(self) -> Sequence[int]:
-        """The epoch's global order: the sample index at each place."""
+        """The epoch's global order (the sample index at each place), before the cut to whole steps."""
+        if self.groups is not None:
+            if self._grouped is None or self._grouped[0] != self.epoch:  # len() and iter() both need it
+                self._grouped = (self.epoch, self._regroup(self._shuffled()))
+            return self._grouped[1]
+        return self._shuffled()
+
+    def _shuffled(self) -> Sequence[int]:
         if not self.shuffle:
             return range(self.num_samples)
         if self.order_fn is not None:
             return self.order_fn(self.seed, self.epoch)
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         return torch.randperm(self.num_samples, generator=generator).tolist()
+
+    def _regroup(self, order: Sequence[int]) -> list[int]:
+        """`order` as whole global batches of one group each, in the order the groups fill them."""
+        chunk, pending, grouped = self._global_batch(), {}, []
+        for index in order:
+            bucket = pending.setdefault(self.groups[index], [])
+            bucket.append(index)
+            if len(bucket) == chunk:
+                grouped += bucket
+                bucket.clear()
+        return grouped
 
     def sample_seed(self, index: int) -> int:
         """The augmentation seed of sample `index` in this epoch: the same whichever process or worker loads it."""
@@ -174,6 +227,8 @@ def make_loader(dataset: Dataset, sampler: EpochSampler, batch_size: int, worker
                 collate: Callable[[list[Any]], tuple[Any, int]], pin_memory: bool = False) -> DataLoader:
     """A DataLoader yielding `Collated` batches in the sampler's order (a StreamDataset's too)."""
     stream = isinstance(dataset, StreamDataset)
+    if stream and sampler.groups is not None:  # a stream's places are its own order: it cannot be regrouped
+        raise ValueError("A StreamDataset cannot be read in groups (its order is the stream's).")
     return DataLoader(
         _StreamShare(dataset, sampler, batch_size) if stream else dataset,
         batch_size=batch_size,

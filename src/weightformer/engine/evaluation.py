@@ -63,23 +63,27 @@ def evaluate(task: Any, model: nn.Module, loader: Any, d: Dist, amp_dtype: torch
             task.validation_step(model, to_device(collated.batch, d.device), named)
     if d.device.type == "cuda":
         torch.cuda.synchronize(d.device)
-    elapsed = time.perf_counter() - start
+    counts.seconds.append(time.perf_counter() - start)
     reduce_metrics([*metrics, counts], d)
     images, skipped = int(counts.images.item()), int(counts.skipped.item())
     if images == 0:
         raise ValueError(f"No readable images to evaluate ({skipped} unreadable).")
     values = compute_metrics(metrics, d)
     model.train(was_training)
-    return {**values, "images": images, "skipped_samples": skipped, "images_per_second": images / elapsed}
+    # Throughput over the slowest process's time: the same number on every rank.
+    return {**values, "images": images, "skipped_samples": skipped,
+            "images_per_second": images / max(counts.seconds)}
 
 
 class Counts(Metric):
-    """Samples evaluated and samples skipped as unreadable (kept by the engine for every task)."""
+    """Samples evaluated and samples skipped as unreadable (kept by the engine for every task), and each process's
+    evaluation time."""
 
     def __init__(self) -> None:
         super().__init__()
         self.add_state("images", torch.zeros(()))
         self.add_state("skipped", torch.zeros(()))
+        self.add_state("seconds", [], reduce="cat")
 
     def update(self, images: int, skipped: int) -> None:
         self.images += images

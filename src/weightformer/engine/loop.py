@@ -42,6 +42,7 @@ from .config import EngineConfig
 from .data import Collated, EpochSampler, StreamDataset, make_loader, warn_skipped
 from .distributed import Dist, all_reduce_sum, check_in_sync, gather_objects, setup_distributed, teardown_distributed
 from .evaluation import autocast, evaluate, to_device
+from .loggers import open_trackers, require_trackers
 from .logging import MetricsLog, progress_bar
 from .optim import build_optimizer, build_scheduler, peak_lr
 from .preemption import PreemptionFlag
@@ -132,22 +133,27 @@ class Engine:
 
     def _fit(self) -> dict[str, Any]:
         d = self.d
+        # A tracker's missing package stops the run here, before anything is written (rank 0 alone logs).
+        on_every_rank(lambda: require_trackers(self.cfg.logger) if d.primary else None, d, "Loading the loggers")
         self._seed_and_threads()
         self.run = open_run(self.cfg, d)
         self._build_data()
         self._build_training()
         self._write_run_folder()
         self._announce()
+        status = "failed"  # how the trackers are told the run ended
         try:
             for epoch in range(self.pos.epoch, self.cfg.epochs):
                 if not self.train_one_epoch(epoch):
+                    status = "preempted"
                     return self._stopped()  # mid-epoch: its checkpoint is written
                 self.end_epoch(epoch)
             best_weights = self.ema.module if self.ema is not None else self.model  # the EMA when there is one
             on_every_rank(lambda: self.task.report(best_weights, self.run.run_dir, self.cfg.epochs, d), d, "report")
+            status = "finished"
             return self._result(preempted=False)
         finally:
-            self.log.close()
+            self.log.close(status)
 
     # -- set-up -----------------------------------------------------------------------------------------------
 
@@ -172,14 +178,16 @@ class Engine:
         self.data = on_every_rank(lambda: task.build_datasets(d), d, "Building the datasets")
         self.global_batch = cfg.batch_size * cfg.accum_steps * d.world_size
         # The sampler cuts each epoch to whole optimiser steps; the loader hands out micro-batches of batch_size.
-        # A dataset may fix its own epoch order (a permutation by (seed, epoch)): tar shards read a few at a time.
+        # With groups, each optimiser step's global batch comes from one group. A dataset may fix its own epoch
+        # order (a permutation by (seed, epoch)): tar shards read a few at a time.
         self.train_sampler = EpochSampler(len(self.data.train), shuffle=True, seed=cfg.seed, rank=d.rank,
                                           world_size=d.world_size, batch_size=cfg.batch_size * cfg.accum_steps,
-                                          order=getattr(self.data.train, "epoch_order", None))
+                                          groups=self.data.groups, order=getattr(self.data.train, "epoch_order", None))
         self.steps_per_epoch = self.train_sampler.steps()
         if self.steps_per_epoch == 0:
+            within = " of any one group" if self.data.groups is not None else ""
             raise ValueError(f"batch_size {cfg.batch_size} x accum_steps {cfg.accum_steps} x {d.world_size} "
-                             f"processes is more than the {len(self.data.train)} training samples.")
+                             f"processes is more than the {len(self.data.train)} training samples{within}.")
         self.pin = d.device.type == "cuda" and cfg.pin_memory
         if self.data.val is not None:
             sampler = EpochSampler(len(self.data.val), shuffle=False, rank=d.rank, world_size=d.world_size)
@@ -221,15 +229,20 @@ class Engine:
         if self.d.primary:
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
-        self.log = MetricsLog(run_dir, self.d.primary, self.cfg.tensorboard)
+        trackers = open_trackers(self.cfg.logger, run_dir, self.cfg.to_dict()) if self.d.primary else []
+        self.log = MetricsLog(run_dir, self.d.primary, self.cfg.tensorboard, trackers)
 
     def _announce(self) -> None:
         cfg, run = self.cfg, self.run
         n_params = sum(p.numel() for p in self.model.parameters())
         accum = f" ({cfg.accum_steps} micro-batches of {cfg.batch_size} per process)" if cfg.accum_steps > 1 else ""
+        grouped = ""
+        if self.data.groups is not None:
+            grouped = (f" (each from one of {len(set(self.data.groups))} sample groups; "
+                       f"{self.train_sampler.left_over()} samples left over per epoch)")
         self._say(f"Run {run.run_dir}: {n_params / 1e6:.2f} M parameters; {self.data.description}; "
                   f"{self.d.world_size} process(es) on {self.d.device.type}, global batch {self.global_batch}{accum}, "
-                  f"peak lr {self.lr:.3g}, {self.steps_per_epoch} steps per epoch.")
+                  f"peak lr {self.lr:.3g}, {self.steps_per_epoch} steps per epoch{grouped}.")
         if self.pos.epoch >= cfg.epochs:
             self._say(f"Nothing to train: {run.run_dir} has finished its {cfg.epochs} epochs (to train longer, "
                       "resume with a larger --epochs and --resume-override epochs).")

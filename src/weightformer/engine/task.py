@@ -27,11 +27,16 @@ __all__ = ["Task", "Datasets"]
 
 @dataclass
 class Datasets:
-    """A task's data: training and validation sets (items are samples or `Unreadable`), and a description."""
+    """A task's data: training and validation sets (items are samples or `Unreadable`), and a description.
+
+    `groups`, optional, gives each training sample a group id (detection: its aspect-ratio bin); the engine then
+    draws every optimiser step's global batch from one group (see EpochSampler), leaving out of each epoch what
+    a group holds short of a whole batch."""
 
     train: Dataset
     val: Dataset | None
     description: str  # for the run's first log line, e.g. "9 classes, 9000 train / 1800 val images from DIR"
+    groups: list[int] | None = None  # one id per training sample, or None: no grouping
 
 
 class Task:

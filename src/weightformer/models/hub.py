@@ -21,7 +21,7 @@ from timm.models._hub import save_for_hf
 from .checkpoint import HUB_FILENAME, load_checkpoint
 from .weightformer import WeightFormer
 
-__all__ = ["save_pretrained", "from_pretrained", "CONFIG_FILENAME"]
+__all__ = ["save_pretrained", "from_pretrained", "resolve_folder", "CONFIG_FILENAME"]
 
 CONFIG_FILENAME = "config.json"
 
@@ -53,8 +53,12 @@ def _constructor_args(model: WeightFormer) -> dict[str, Any]:
     return args
 
 
-def save_pretrained(model: WeightFormer, folder: str | Path) -> Path:
-    """Write `model` to `folder` in timm's Hub layout (config.json + model.safetensors) and return the folder."""
+def save_pretrained(model: WeightFormer, folder: str | Path, model_config: dict[str, Any] | None = None) -> Path:
+    """Write `model` to `folder` in timm's Hub layout (config.json + model.safetensors) and return the folder.
+
+    model_config: further config.json keys, e.g. timm's `label_names` (one name per class) or the section of
+    `weightformer export-weights` (tasks/publish.py); timm ignores keys it does not know.
+    """
     if not isinstance(model, WeightFormer):
         raise TypeError(f"save_pretrained expects a WeightFormer, got {type(model).__name__}.")
     folder = Path(folder)
@@ -66,6 +70,7 @@ def save_pretrained(model: WeightFormer, folder: str | Path) -> Path:
     save_for_hf(
         model,
         str(folder),
+        model_config=model_config,
         model_args=_constructor_args(model),  # every argument: the architecture's defaults may differ
         safe_serialization=True,
         data_config={"input_size": (model.in_chans, height, width)},
@@ -88,11 +93,13 @@ def _from_release_config(folder: Path, config: dict[str, Any], **kwargs: Any) ->
     return load_checkpoint(model, folder / HUB_FILENAME)
 
 
-def _resolve(source: str | Path) -> Path:
+def resolve_folder(source: str | Path) -> Path:
     """A local folder, or a Hub repo id resolved through huggingface_hub's cache (network only if not cached)."""
     path = Path(source)
     if path.is_dir():
         return path
+    if path.is_file():
+        raise ValueError(f"{source} is a file, not a Hub folder (a folder with {CONFIG_FILENAME} and {HUB_FILENAME}).")
     if path.exists() or str(source).count("/") != 1:
         raise FileNotFoundError(f"No Hub folder at {source} (expected a folder with {CONFIG_FILENAME} and "
                                 f"{HUB_FILENAME}, or a Hub repo id like RuizeHe/weightformer-t).")
@@ -107,7 +114,7 @@ def from_pretrained(source: str | Path, **kwargs: Any) -> nn.Module:
 
     `kwargs` override constructor arguments (e.g. drop_path_rate for fine-tuning).
     """
-    folder = _resolve(source)
+    folder = resolve_folder(source)
     for name in (CONFIG_FILENAME, HUB_FILENAME):
         if not (folder / name).is_file():
             raise FileNotFoundError(f"{folder} has no {name}; a Hub folder holds {CONFIG_FILENAME} and {HUB_FILENAME}.")

@@ -6,9 +6,12 @@ that declaration:
     from weightformer.tasks import load_config, load_run_model
     cfg = load_config("detection", "synthetic", epochs=2)       # recipes: configs/detection/*.yaml
     run = load_run_model("runs/synthetic/checkpoints/best.pth")  # any task's checkpoint, EMA weights by default
+    export_weights("runs/synthetic", "my-detector")                # safetensors + config.json + model card
+    model = from_pretrained("my-detector")                          # no checkpoint, no data
 """
 
-from .loader import RunModel, load_run_model
+from .loader import RunModel, build_run_model, load_run_model
+from .publish import export_weights, from_pretrained, load_pretrained
 from .registry import (
     TaskSpec,
     add_config_arguments,
@@ -22,4 +25,5 @@ from .registry import (
 )
 
 __all__ = ["TaskSpec", "register", "unregister", "tasks", "get_task", "load_config", "list_recipes",
-           "add_config_arguments", "config_from_args", "RunModel", "load_run_model"]
+           "add_config_arguments", "config_from_args", "RunModel", "load_run_model", "build_run_model",
+           "export_weights", "load_pretrained", "from_pretrained"]

@@ -22,7 +22,7 @@ from ..engine.distributed import resolve_device
 from ..models.checkpoint import load_checkpoint, read_state_dict
 from .registry import TaskSpec, get_task
 
-__all__ = ["RunModel", "load_run_model"]
+__all__ = ["RunModel", "load_run_model", "build_run_model"]
 
 # What a checkpoint holds besides its extras: the weights, the run's machinery, its config and task.
 _NOT_EXTRAS = frozenset({"model", "ema", "optimizer", "scaler", "rng", "config", "task"})
@@ -59,13 +59,19 @@ def load_run_model(checkpoint: str | Path, task: str | TaskSpec | None = None, e
         raise ValueError(f"{checkpoint}: {error}") from None
     if expected is not None and spec != expected:
         raise ValueError(f"{checkpoint} is a {spec.name} checkpoint{wanted}.")
-    cfg = spec.config_class.from_dict(_without_starting_weights(state["config"]))
     extras = {k: v for k, v in state.items() if k not in _NOT_EXTRAS}
-    model = spec.build_checkpoint_model(cfg, extras)
+    cfg, model = build_run_model(spec, state["config"], extras)
     use_ema = ema and state.get("ema") is not None
     weights = {k.removeprefix("module."): v for k, v in state["ema"].items()} if use_ema else state["model"]
     load_checkpoint(model, weights, origin=checkpoint, translate=False)
     return RunModel(model.to(resolve_device(device)).eval(), cfg, spec, extras, use_ema)
+
+
+def build_run_model(spec: TaskSpec, config: dict[str, Any], extras: dict[str, Any]) -> tuple[EngineConfig, nn.Module]:
+    """The run's config and its model with fresh weights (on the CPU), from a saved config and extras: what a
+    checkpoint and an exported folder (publish.py) both hold. The config is type-checked by the task's class."""
+    cfg = spec.config_class.from_dict(_without_starting_weights(config))
+    return cfg, spec.build_checkpoint_model(cfg, extras)
 
 
 def _without_starting_weights(config: dict[str, Any]) -> dict[str, Any]:

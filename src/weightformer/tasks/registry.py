@@ -176,7 +176,8 @@ register(TaskSpec(
 register(TaskSpec(
     "detection", "detect", "weightformer.tasks.detection", "DetectionConfig", "DetectionTask",
     help="detection and instance segmentation: train, evaluate or apply Mask R-CNN on WeightFormer",
-    recipes="detection", default_recipe="synthetic", verbs=("train", "eval", "predict")))
+    recipes="detection", default_recipe="synthetic", verbs=("train", "eval", "predict"),
+    checkpoint_model="checkpoint_model"))
 register(TaskSpec(
     "generation", "dit", "weightformer.tasks.generation", "GenerationConfig", "GenerationTask",
     help="WeightFormer-DiT: class-conditional generation", title="WeightFormer-DiT", recipes="generation",

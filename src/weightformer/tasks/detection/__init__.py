@@ -10,7 +10,7 @@ from .config import DetectionConfig
 from .data import CocoDetection, CocoSplit, read_coco
 from .evaluate import CocoMetric, coco_metrics, format_metrics, to_coco_results
 from .synthetic import make_detection_dataset
-from .task import DetectionTask, build_detector, train
+from .task import DetectionTask, build_detector, checkpoint_model, train
 
-__all__ = ["DetectionConfig", "DetectionTask", "train", "build_detector", "read_coco", "CocoSplit", "CocoDetection",
-           "CocoMetric", "coco_metrics", "to_coco_results", "format_metrics", "make_detection_dataset"]
+__all__ = ["DetectionConfig", "DetectionTask", "train", "build_detector", "checkpoint_model", "read_coco", "CocoSplit",
+           "CocoDetection", "CocoMetric", "coco_metrics", "to_coco_results", "format_metrics", "make_detection_dataset"]

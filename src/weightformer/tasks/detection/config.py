@@ -20,6 +20,10 @@ class DetectionConfig(EngineConfig):
     val_split: str | None = "val2017"  # null: no evaluation during training
     synthetic: dict[str, Any] = field(default_factory=dict)  # make_detection_dataset arguments
     num_classes: int = setting(80, ge=1)  # must match the annotation file's categories
+    # Instance masks: null (auto) trains and scores masks when the training annotations have segmentations and
+    # boxes only when none has (a file where only some have one is refused: choose); true: masks, annotations
+    # without one left out; false: boxes only (Faster R-CNN: no mask head, no segm_* metrics).
+    masks: bool | None = None
 
     # -- model: torchvision's Mask R-CNN, ViTDet-style heads, on the simple feature pyramid -------------------
     backbone: str = "weightformer_tiny"  # a WeightFormer name, or a timm deit_* for the attention baseline
@@ -47,6 +51,10 @@ class DetectionConfig(EngineConfig):
     scale_jitter: list[float] | None = setting(None, length=2, gt=0)  # [low, high] (the task checks low <= high)
     crop_size: int = setting(1024, ge=1)
     hflip: float = setting(0.5, ge=0, le=1)
+    # Aspect-ratio grouped batches (torchvision's references): each global batch holds images of one aspect-ratio
+    # bin, so the model pads less. k >= 0: torchvision's create_aspect_ratio_groups, bin edges 2^linspace(-1, 1,
+    # 2k + 1) of width / height, 2k + 2 groups (0: portrait / landscape); -1: off (LSJ's crops are all square).
+    aspect_ratio_group_factor: int = setting(-1, ge=-1)
 
     # -- reporting (free) ----------------------------------------------------------------------------------
     draw_threshold: float = free(0.5, ge=0, le=1)  # score from which predictions are drawn in the report

@@ -10,10 +10,15 @@ fixed by leaving things out (no annotation file, no categories, no usable image)
 
 Category ids (COCO's run 1..90 with gaps) become contiguous labels 1..K in the sorted order of the ids, 0 being
 torchvision's background; `CocoSplit.category_ids[label - 1]` maps back.
+
+Masks are optional: a split is read with masks (annotations without a segmentation left out and counted), for
+boxes only (segmentations neither checked nor kept), or deciding from the file (boxes only when no annotation has
+a segmentation); `CocoSplit.masks` says which.
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import random
@@ -30,7 +35,10 @@ from PIL import Image
 from ...engine.data import Unreadable
 
 __all__ = ["CocoSplit", "CocoDetection", "read_coco", "split_paths", "segmentation_to_mask", "polygon_area",
-           "xywh_to_xyxy", "require_pycocotools", "drop_unannotated", "drop_too_thin"]
+           "xywh_to_xyxy", "require_pycocotools", "drop_unannotated", "drop_too_thin", "aspect_ratio_groups",
+           "NO_MASK"]
+
+NO_MASK = "annotations without a segmentation"  # the reason they are left out of a split read with masks
 
 
 def require_pycocotools():
@@ -123,6 +131,7 @@ class CocoSplit:
     annotations: dict[int, list[dict]]  # image id -> its usable annotations (crowd regions included)
     skipped: Counter = field(default_factory=Counter)  # reason -> how many (images or annotations)
     examples: dict[str, str] = field(default_factory=dict)  # reason -> one example, for the message
+    masks: bool = True  # whether the annotations carry masks (False: boxes only, no "segmentation" kept)
 
     @property
     def category_ids(self) -> list[int]:
@@ -176,8 +185,14 @@ def _image_problem(image: Any, image_dir: Path, seen: set[int], check_files: boo
     return None
 
 
-def _annotation_problem(ann: Any, images: dict[int, dict], categories: set[int]) -> str | None:
-    """Why an annotation cannot be used, or None (then its polygons may have been cleaned in place)."""
+def _has_segmentation(ann: dict) -> bool:
+    """Whether an annotation gives a mask at all (absent, null and [] give none; an invalid one is still one)."""
+    return ann.get("segmentation") not in (None, [])
+
+
+def _annotation_problem(ann: Any, images: dict[int, dict], categories: set[int], masks: bool | None) -> str | None:
+    """Why an annotation cannot be used, or None. The segmentation is checked when `masks` is True, or is None
+    and there is one (an annotation without one is then kept for now: `_settle_masks` decides)."""
     if not isinstance(ann, dict) or not isinstance(ann.get("image_id"), int) or ann["image_id"] not in images:
         return "annotations of an image not in the usable images"
     if not isinstance(ann.get("category_id"), int) or ann["category_id"] not in categories:
@@ -190,15 +205,17 @@ def _annotation_problem(ann: Any, images: dict[int, dict], categories: set[int])
     x1, y1, x2, y2 = xywh_to_xyxy(box)
     if box[2] <= 0 or box[3] <= 0 or min(x2, image["width"]) <= max(x1, 0) or min(y2, image["height"]) <= max(y1, 0):
         return "annotations with an empty or degenerate box (no area inside the image)"
+    if masks is False or (masks is None and not _has_segmentation(ann)):
+        return None
     segmentation = ann.get("segmentation")
-    if isinstance(segmentation, list):
+    if isinstance(segmentation, list) and segmentation:
         kept, _ = _clean_polygons(segmentation)
         if not kept:
             return "annotations whose polygons are all invalid (fewer than 3 points or zero area)"
     elif isinstance(segmentation, dict):
         return _check_rle(segmentation, image["height"], image["width"])
     else:
-        return "annotations without a segmentation"
+        return NO_MASK
     return None
 
 
@@ -207,8 +224,13 @@ def _note(split: CocoSplit, reason: str, example: str) -> None:
     split.examples.setdefault(reason, example)
 
 
-def read_coco(annotation_file: str | Path, image_dir: str | Path, check_files: bool = True) -> CocoSplit:
-    """Read and check a COCO instances file; see the module docstring for what is left out and what is an error."""
+def read_coco(annotation_file: str | Path, image_dir: str | Path, check_files: bool = True,
+              masks: bool | None = True) -> CocoSplit:
+    """Read and check a COCO instances file; see the module docstring for what is left out and what is an error.
+
+    masks: True reads masks (annotations without a segmentation are left out); False boxes only (segmentations
+    are dropped unchecked); None masks when any annotation has a segmentation, else boxes only.
+    """
     annotation_file, image_dir = Path(annotation_file), Path(image_dir)
     data = _load_json(annotation_file)
     categories = sorted(data["categories"], key=lambda c: c["id"])
@@ -222,26 +244,52 @@ def read_coco(annotation_file: str | Path, image_dir: str | Path, check_files: b
             images[image["id"]] = image
     category_ids = set(split.category_ids)
     for ann in data.get("annotations") or []:
-        problem = _annotation_problem(ann, images, category_ids)
+        problem = _annotation_problem(ann, images, category_ids, masks)
         if problem:
             _note(split, problem, f"annotation {ann.get('id') if isinstance(ann, dict) else ann!r}"[:80])
             continue
         ann = dict(ann, iscrowd=int(bool(ann.get("iscrowd", 0))))
-        if isinstance(ann["segmentation"], list):
+        if masks is False or not _has_segmentation(ann):
+            ann.pop("segmentation", None)
+        elif isinstance(ann["segmentation"], list):
             ann["segmentation"], dropped = _clean_polygons(ann["segmentation"])
             if dropped:
                 _note(split, "invalid polygon parts dropped from otherwise valid annotations", f"annotation "
                       f"{ann.get('id')}")
         if not isinstance(ann.get("area"), (int, float)) or ann["area"] <= 0:  # COCOeval's size ranges need it
-            image = images[ann["image_id"]]
-            ann["area"] = float(require_pycocotools().area(_to_rle(ann["segmentation"], image["height"],
-                                                                   image["width"])))
+            ann["area"] = _area(ann, images[ann["image_id"]])
         split.annotations.setdefault(ann["image_id"], []).append(ann)
     split.images = list(images.values())
+    _settle_masks(split, masks)
     if not split.images:
         reasons = f": {split.describe_skipped()}" if split.skipped else ""
         raise ValueError(f"{annotation_file} has no usable image{reasons}.")
     return split
+
+
+def _area(ann: dict, image: dict) -> float:
+    """The mask's area in pixels (COCO's definition), or the box's when there is no mask."""
+    if "segmentation" not in ann:
+        return float(ann["bbox"][2] * ann["bbox"][3])
+    return float(require_pycocotools().area(_to_rle(ann["segmentation"], image["height"], image["width"])))
+
+
+def _settle_masks(split: CocoSplit, masks: bool | None) -> None:
+    """Decide whether `split` has masks (None: when any kept annotation has one) and leave out, counted, the
+    annotations that lack one when it has."""
+    everything = [a for anns in split.annotations.values() for a in anns]
+    split.masks = masks if masks is not None else any("segmentation" in a for a in everything)
+    if not split.masks or all("segmentation" in a for a in everything):
+        return
+    for image_id, anns in list(split.annotations.items()):
+        for ann in anns:
+            if "segmentation" not in ann:
+                _note(split, NO_MASK, f"annotation {ann.get('id')}")
+        kept = [a for a in anns if "segmentation" in a]
+        if kept:
+            split.annotations[image_id] = kept
+        else:
+            del split.annotations[image_id]
 
 
 def _drop_images(split: CocoSplit, keep: Any, reason: str) -> int:
@@ -273,6 +321,14 @@ def drop_too_thin(split: CocoSplit, min_size: int, max_size: int) -> int:
                                      f"{max_size})")
 
 
+def aspect_ratio_groups(images: list[dict], k: int) -> list[int]:
+    """Each image's aspect-ratio bin, as torchvision's references' `create_aspect_ratio_groups(dataset, k)`: the
+    index of width / height among the sorted edges 2^linspace(-1, 1, 2k + 1) (k = 0: the one edge 1, portrait or
+    landscape), so 2k + 2 groups; from the records' sizes, which a horizontal flip does not change."""
+    edges = (2 ** np.linspace(-1, 1, 2 * k + 1)).tolist() if k > 0 else [1.0]
+    return [bisect.bisect_right(edges, image["width"] / image["height"]) for image in images]
+
+
 # -- the dataset ----------------------------------------------------------------------------------------------
 
 
@@ -280,10 +336,11 @@ class CocoDetection(torch.utils.data.Dataset):
     """(image (3, H, W) float in [0, 1], target) pairs of a checked split, with augmentation in training.
 
     The target holds `boxes` (N, 4) xyxy in pixels, `labels` (N,) in 1..K, `masks` (N, H, W) uint8 (training
-    only: evaluation compares with the annotation file) and `image_id`. Training leaves crowd regions out and
-    flips horizontally with probability `hflip`; with `scale_jitter` (large-scale jitter, LSJ) it rescales the
-    image to `crop_size` x a random factor from that range and crops or pads it to `crop_size` squared. Other
-    resizing (multi-scale training, the test size) is the model's (see models/detection.py).
+    on a split with masks only: evaluation compares with the annotation file) and `image_id`. Training leaves
+    crowd regions out and flips horizontally with probability `hflip`; with `scale_jitter` (large-scale jitter,
+    LSJ) it rescales the image to `crop_size` x a random factor from that range and crops or pads it to
+    `crop_size` squared. Other resizing (multi-scale training, the test size) is the model's (see
+    models/detection.py).
     """
 
     def __init__(self, split: CocoSplit, train: bool, hflip: float = 0.5,
@@ -328,7 +385,7 @@ class CocoDetection(torch.utils.data.Dataset):
         if isinstance(image, Unreadable):
             return image
         x = torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255  # (3, H, W)
-        target = self._target(self.split.images[index], with_masks=self.train)
+        target = self._target(self.split.images[index], with_masks=self.train and self.split.masks)
         if self.train:
             rng = random.Random(seed if seed is not None else index)
             if rng.random() < self.hflip:
@@ -342,25 +399,33 @@ def _hflip(x: torch.Tensor, target: dict) -> tuple[torch.Tensor, dict]:
     width = x.shape[-1]
     boxes = target["boxes"].clone()
     boxes[:, [0, 2]] = width - target["boxes"][:, [2, 0]]
-    return x.flip(-1), {**target, "boxes": boxes, "masks": target["masks"].flip(-1)}
+    flipped = {**target, "boxes": boxes}
+    if "masks" in target:  # (a box-only split has none)
+        flipped["masks"] = target["masks"].flip(-1)
+    return x.flip(-1), flipped
 
 
 def _large_scale_jitter(x: torch.Tensor, target: dict, size: int, ratio_range: tuple[float, float],
                         rng: random.Random) -> tuple[torch.Tensor, dict]:
     """Resize by size x U(ratio_range) / the longer side, then a random size x size crop (zero padded).
 
-    Objects cropped to nothing (a box without area or an empty mask) are left out of the target.
+    Objects cropped to nothing (a box without area or an empty mask) are left out of the target. A target
+    without masks (a box-only split) stays without.
     """
     h, w = x.shape[-2:]
     scale = size * rng.uniform(*ratio_range) / max(h, w)
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    x = F.interpolate(x[None], size=(nh, nw), mode="bilinear", align_corners=False)[0]  # (3, nh, nw)
-    masks = F.interpolate(target["masks"][None].float(), size=(nh, nw), mode="nearest")[0].to(torch.uint8)
     top, left = rng.randint(0, max(0, nh - size)), rng.randint(0, max(0, nw - size))
-    x = F.pad(x[:, top: top + size, left: left + size], (0, max(0, size - nw), 0, max(0, size - nh)))
-    masks = F.pad(masks[:, top: top + size, left: left + size], (0, max(0, size - nw), 0, max(0, size - nh)))
+    pad = (0, max(0, size - nw), 0, max(0, size - nh))
+    x = F.interpolate(x[None], size=(nh, nw), mode="bilinear", align_corners=False)[0]  # (3, nh, nw)
+    x = F.pad(x[:, top: top + size, left: left + size], pad)
     boxes = target["boxes"] * torch.tensor([nw / w, nh / h, nw / w, nh / h]) - torch.tensor([left, top, left, top])
     boxes[:, 0::2] = boxes[:, 0::2].clamp(0, min(size, nw - left))
     boxes[:, 1::2] = boxes[:, 1::2].clamp(0, min(size, nh - top))
-    keep = (boxes[:, 2] > boxes[:, 0] + 1e-3) & (boxes[:, 3] > boxes[:, 1] + 1e-3) & (masks.flatten(1).sum(1) > 0)
-    return x, {**target, "boxes": boxes[keep], "labels": target["labels"][keep], "masks": masks[keep]}
+    keep = (boxes[:, 2] > boxes[:, 0] + 1e-3) & (boxes[:, 3] > boxes[:, 1] + 1e-3)
+    out = {**target, "boxes": boxes, "labels": target["labels"]}
+    if "masks" in target:
+        masks = F.interpolate(target["masks"][None].float(), size=(nh, nw), mode="nearest")[0].to(torch.uint8)
+        out["masks"] = F.pad(masks[:, top: top + size, left: left + size], pad)
+        keep &= out["masks"].flatten(1).sum(1) > 0
+    return x, {k: v[keep] if k in ("boxes", "labels", "masks") else v for k, v in out.items()}

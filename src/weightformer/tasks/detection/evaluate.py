@@ -1,9 +1,16 @@
 """COCO metrics of a detector: predictions as COCO results (boxes, RLE masks) scored by pycocotools' COCOeval.
 
 Box AP and mask AP are COCOeval's own numbers (AP over IoU 0.50:0.95, AP50, AP75, AP for small / medium /
-large objects), in percent as COCO results are quoted. Only the images that were evaluated count (an unreadable
-image is skipped and counted, not scored as all misses), against the annotations `read_coco` kept. Under
-torch.distributed each rank predicts its share and rank 0 scores the joined results (CocoMetric).
+large objects), in percent as COCO results are quoted; on box-only data there is box AP alone. Only the images
+that were evaluated count (an unreadable image is skipped and counted, not scored as all misses), against the
+annotations `read_coco` kept. Under torch.distributed each rank predicts its share and rank 0 scores the joined
+results (CocoMetric).
+
+Evaluation runs in batches (`detect eval --batch-size`, the validation loop at the run's batch size): torchvision's
+transform resizes each image on its own, then pads the batch to its largest image (rounded up to 32). Images of
+one size, as the embedded dataset's, give the same predictions in any batch; images of different sizes see
+more padding than alone, which the backbone's global statistics (WeightFormer's predictors pool over the padded
+map, as attention attends to it) notice, so their predictions, and the AP, can move slightly with the batch size.
 """
 
 from __future__ import annotations
@@ -79,7 +86,8 @@ def coco_metrics(ground_truth: dict[str, Any], results: list[dict], iou_type: st
 
 
 class CocoMetric(Metric):
-    """COCO box and mask AP (`bbox_*`, `segm_*`) of the detections of the images seen, scored by COCOeval.
+    """COCO box and mask AP (`bbox_*`, `segm_*`) of the detections of the images seen, scored by COCOeval; box AP
+    alone (no `segm_*`) on a box-only split.
 
     The results are lists joined over processes; rank 0 alone runs COCOeval on the whole set."""
 
@@ -95,6 +103,8 @@ class CocoMetric(Metric):
     def update(self, outputs: list[dict[str, torch.Tensor]], targets: list[dict[str, Any]]) -> None:
         for output, target in zip(outputs, targets, strict=True):
             image_id = int(target["image_id"])
+            if not self.split.masks:  # (a mask model scored on box-only data: its masks have nothing to meet)
+                output = {k: v for k, v in output.items() if k != "masks"}
             boxes, masks = to_coco_results(output, image_id, self.split.category_ids)
             self.boxes += boxes
             self.masks += masks
@@ -102,17 +112,21 @@ class CocoMetric(Metric):
 
     def compute(self) -> dict[str, float]:
         ground_truth = self.split.ground_truth(self.image_ids)
-        box = coco_metrics(ground_truth, self.boxes, "bbox", self.image_ids)
-        mask = coco_metrics(ground_truth, self.masks, "segm", self.image_ids)
-        return {**{f"bbox_{k}": v for k, v in box.items()}, **{f"segm_{k}": v for k, v in mask.items()},
-                "detections": len(self.boxes)}
+        values = {f"bbox_{k}": v for k, v in coco_metrics(ground_truth, self.boxes, "bbox", self.image_ids).items()}
+        if self.split.masks:
+            mask = coco_metrics(ground_truth, self.masks, "segm", self.image_ids)
+            values.update({f"segm_{k}": v for k, v in mask.items()})
+        return {**values, "detections": len(self.boxes)}
 
 
 def format_metrics(metrics: dict[str, float], prefix: str = "") -> str:
-    """The two-row table of COCO metrics, e.g. for `bbox_ap` ... `segm_apl` (or `val_bbox_ap` with a prefix)."""
+    """The table of COCO metrics, e.g. for `bbox_ap` ... `segm_apl` (or `val_bbox_ap` with a prefix): a box row,
+    and a mask row when there are mask metrics."""
     header = f"{'':6}" + "".join(f"{name.upper():>8}" for name in METRIC_NAMES)
     rows = [header]
     for kind, title in (("bbox", "box"), ("segm", "mask")):
+        if kind == "segm" and f"{prefix}segm_ap" not in metrics:
+            continue
         values = [metrics.get(f"{prefix}{kind}_{name}", float("nan")) for name in METRIC_NAMES]
         rows.append(f"{title:6}" + "".join(f"{v:8.1f}" if v == v else f"{'-':>8}" for v in values))
     return "\n".join(rows)
@@ -128,13 +142,20 @@ def categories(run: RunModel) -> tuple[list[str], list[int]]:
 def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path, split: str = "val2017", device: str = "auto",
                         batch_size: int = 1, workers: int = 0, ema: bool = True) -> dict[str, Any]:
     """COCO metrics of a checkpoint of `weightformer detect train` (its EMA weights unless `ema=False`) on
-    <data_dir>/annotations/instances_<split>.json; also returns what `read_coco` left out, as `left_out`."""
+    <data_dir>/annotations/instances_<split>.json, `batch_size` images at a time (see the module docstring) read
+    by `workers` processes; also returns what `read_coco` left out, as `left_out`.
+
+    A box-only checkpoint, or a file without masks, gives box AP alone."""
     from ...engine.data import EpochSampler, make_loader
+    from ...models.checkpoint import read_state_dict
     from .data import CocoDetection, drop_too_thin, read_coco, split_paths
     from .task import DetectionTask, _test_size
 
-    coco = read_coco(*split_paths(data_dir, split))
-    run = load_run_model(checkpoint, "detection", ema)
+    state = read_state_dict(checkpoint)
+    # A mask model scores masks where the file has them (None: decided by the file), a box model boxes only.
+    # (The data is read before the model is built, so that a bad data folder is the error reported first.)
+    coco = read_coco(*split_paths(data_dir, split), masks=None if state.get("masks") is not False else False)
+    run = load_run_model(checkpoint, "detection", ema, state=state)
     model, cfg, (_, category_ids) = run.model, run.config, categories(run)
     drop_too_thin(coco, *_test_size(cfg))
     if coco.category_ids != category_ids:
@@ -175,7 +196,8 @@ def predict_images(checkpoint: str | Path, images: list[str | Path], out_dir: st
         output = {k: v.cpu() for k, v in model([x.to(dev)])[0].items()}
         keep = output["scores"] >= threshold
         boxes, labels, scores = output["boxes"][keep], output["labels"][keep], output["scores"][keep]
-        drawn = draw_detections(image, boxes, labels, names, scores, output["masks"][keep, 0],
+        masks = output["masks"][keep, 0] if "masks" in output else None  # (a box-only model draws boxes)
+        drawn = draw_detections(image, boxes, labels, names, scores, masks,
                                 scale=max(1.0, 256 / max(image.size)))  # small images enlarged: labels readable
         target = out_dir / f"{Path(path).stem}-detections.png"
         drawn.save(target)

@@ -54,7 +54,8 @@ def draw_detections(image: Image.Image, boxes: torch.Tensor, labels: torch.Tenso
 def plot_detections(model: nn.Module, dataset: CocoDetection, class_names: list[str], out: str | Path,
                     device: torch.device | str = "cpu", count: int = 6, threshold: float = 0.5) -> Path:
     """A grid of validation images: the annotations on the left, the predictions (score >= threshold) on the
-    right, one image per row; small images are enlarged to about 256 pixels. Returns the PNG's path."""
+    right, one image per row (masks too, unless the data or the model has none); small images are enlarged to
+    about 256 pixels. Returns the PNG's path."""
     model.eval()
     picks = np.linspace(0, len(dataset) - 1, min(count, len(dataset))).round().astype(int)
     rows = []
@@ -63,14 +64,15 @@ def plot_detections(model: nn.Module, dataset: CocoDetection, class_names: list[
         if isinstance(image, Unreadable):
             continue
         x, _ = dataset[int(i)]
-        truth = dataset._target(dataset.split.images[int(i)], with_masks=True)
+        truth = dataset._target(dataset.split.images[int(i)], with_masks=dataset.split.masks)
         output = model([x.to(device)])[0]
         keep = output["scores"] >= threshold
         scale = max(1.0, 256 / max(image.size))
-        left = draw_detections(image, truth["boxes"], truth["labels"], class_names, masks=truth["masks"],
+        masks = output["masks"][keep, 0].cpu() if "masks" in output else None  # box-only: boxes alone
+        left = draw_detections(image, truth["boxes"], truth["labels"], class_names, masks=truth.get("masks"),
                                scale=scale)
         right = draw_detections(image, output["boxes"][keep].cpu(), output["labels"][keep].cpu(), class_names,
-                                output["scores"][keep].cpu(), output["masks"][keep, 0].cpu(), scale=scale)
+                                output["scores"][keep].cpu(), masks, scale=scale)
         rows.append((left, right))
     if not rows:
         raise ValueError("No readable validation image to draw predictions on.")

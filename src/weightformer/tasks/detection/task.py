@@ -1,4 +1,5 @@
-"""Detection and instance segmentation as a Task of the training engine: COCO data, Mask R-CNN, COCOeval."""
+"""Detection and instance segmentation as a Task of the training engine: COCO data, Mask R-CNN (Faster R-CNN on
+box-only data), COCOeval, and aspect-ratio grouped training batches."""
 
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ from ...engine.task import Datasets, Task
 from ...models.detection import create_detector
 from .config import DetectionConfig
 from .data import (
+    NO_MASK,
     CocoDetection,
     CocoSplit,
+    aspect_ratio_groups,
     drop_too_thin,
     drop_unannotated,
     read_coco,
@@ -26,7 +29,7 @@ from .data import (
 from .evaluate import CocoMetric
 from .synthetic import make_detection_dataset
 
-__all__ = ["DetectionTask", "build_detector", "train"]
+__all__ = ["DetectionTask", "build_detector", "checkpoint_model", "train"]
 
 
 def _test_size(cfg: DetectionConfig) -> tuple[int, int]:
@@ -34,8 +37,9 @@ def _test_size(cfg: DetectionConfig) -> tuple[int, int]:
     return (cfg.crop_size, cfg.crop_size) if cfg.scale_jitter is not None else (cfg.min_size[-1], cfg.max_size)
 
 
-def build_detector(cfg: DetectionConfig) -> nn.Module:
-    """The Mask R-CNN a config describes (LSJ recipes train and test at crop_size: see DetectionConfig)."""
+def build_detector(cfg: DetectionConfig, masks: bool = True) -> nn.Module:
+    """The Mask R-CNN a config describes (LSJ recipes train and test at crop_size: see DetectionConfig), or its
+    Faster R-CNN (no mask head) for box-only data."""
     if cfg.scale_jitter is not None:
         min_size, max_size = (cfg.crop_size,), cfg.crop_size
     else:
@@ -44,7 +48,14 @@ def build_detector(cfg: DetectionConfig) -> nn.Module:
         cfg.backbone, cfg.num_classes, cfg.out_channels, min_size=min_size, max_size=max_size,
         anchor_sizes=tuple(cfg.anchor_sizes), rpn_convs=cfg.rpn_convs, head_channels=cfg.head_channels,
         box_convs=cfg.box_convs, box_fc=cfg.box_fc, box_fcs=cfg.box_fcs, mask_convs=cfg.mask_convs,
-        checkpoint=cfg.initial_checkpoint, drop_path_rate=cfg.drop_path, rcnn_kwargs=cfg.rcnn, **cfg.model_kwargs)
+        checkpoint=cfg.initial_checkpoint, drop_path_rate=cfg.drop_path, rcnn_kwargs=cfg.rcnn, masks=masks,
+        **cfg.model_kwargs)
+
+
+def checkpoint_model(cfg: DetectionConfig, extras: dict[str, Any]) -> nn.Module:
+    """The network of a detection checkpoint: with a mask head unless the run trained boxes only (checkpoints
+    written before box-only runs existed all have one)."""
+    return build_detector(cfg, masks=extras.get("masks", True))
 
 
 class DetectionTask(Task):
@@ -64,6 +75,7 @@ class DetectionTask(Task):
             raise ValueError(f"scale_jitter must be [low, high] with 0 < low <= high, got {cfg.scale_jitter}.")
         self.class_names: list[str] = []
         self.category_ids: list[int] = []
+        self.masks = cfg.masks is not False  # settled by the training annotations when auto (None)
 
     def _data_dir(self) -> Path:
         cfg = self.cfg
@@ -73,25 +85,37 @@ class DetectionTask(Task):
         if self.cfg.data_dir == "synthetic":
             make_detection_dataset(**self.cfg.synthetic)
 
-    def _read(self, data_dir: Path, split: str) -> CocoSplit:
-        coco = read_coco(*split_paths(data_dir, split))
+    def _read(self, data_dir: Path, split: str, masks: bool | None) -> CocoSplit:
+        coco = read_coco(*split_paths(data_dir, split), masks=masks)
         if len(coco.categories) != self.cfg.num_classes:
             raise ValueError(f"{coco.annotation_file} has {len(coco.categories)} categories, but num_classes is "
                              f"{self.cfg.num_classes}: set --num-classes {len(coco.categories)}.")
         return coco
 
-    def build_datasets(self, d: Dist) -> Datasets:
+    def _read_train(self, data_dir: Path) -> CocoSplit:
+        """The training split, its masks settled: refused in one line when auto finds only some annotations with
+        one (the mask loss cannot be computed for part of a batch in torchvision's Mask R-CNN: choose)."""
         cfg = self.cfg
-        data_dir = self._data_dir()
-        train = self._read(data_dir, cfg.train_split)
+        train = self._read(data_dir, cfg.train_split, cfg.masks)
+        if cfg.masks is None and train.masks and train.skipped[NO_MASK]:
+            raise ValueError(f"{train.annotation_file}: {train.skipped[NO_MASK]} annotations have no segmentation "
+                             f"(e.g. {train.examples[NO_MASK]}) and the others have one: set --masks true to train "
+                             "masks without those annotations, or --masks false to train boxes only.")
+        self.masks = train.masks
         drop_unannotated(train)
         if cfg.scale_jitter is None:  # (LSJ resizes in the dataset, to crop_size squared, any image)
             drop_too_thin(train, min(cfg.min_size), cfg.max_size)
         if not train.images:
             raise ValueError(f"{train.annotation_file} has no image with a usable annotation to train on: "
                              f"{train.describe_skipped()}.")
+        return train
+
+    def build_datasets(self, d: Dist) -> Datasets:
+        cfg = self.cfg
+        data_dir = self._data_dir()
+        train = self._read_train(data_dir)
         self.class_names, self.category_ids = train.class_names, train.category_ids
-        self.val_split = self._read(data_dir, cfg.val_split) if cfg.val_split else None
+        self.val_split = self._read(data_dir, cfg.val_split, self.masks) if cfg.val_split else None
         if self.val_split is not None:
             drop_too_thin(self.val_split, *_test_size(cfg))
         if self.val_split is not None and self.val_split.category_ids != train.category_ids:
@@ -101,21 +125,24 @@ class DetectionTask(Task):
         self.val_dataset = CocoDetection(self.val_split, train=False) if self.val_split is not None else None
         description = f"{cfg.num_classes} classes, {len(train.images)} train"
         description += f" / {len(self.val_split.images)} val images" if self.val_split else " images"
-        description += f" from {data_dir}"
+        description += f" from {data_dir}" + ("" if self.masks else ", boxes only")
         for name, split in (("train", train), ("val", self.val_split)):
             if split is not None and split.skipped:
                 description += f"; left out of {name}: {split.describe_skipped()}"
-        return Datasets(train_set, self.val_dataset, description)
+        groups = None
+        if cfg.aspect_ratio_group_factor >= 0:  # batches of one aspect-ratio bin: less padding in the model
+            groups = aspect_ratio_groups(train.images, cfg.aspect_ratio_group_factor)
+        return Datasets(train_set, self.val_dataset, description, groups)
 
     def collate(self, samples: list[Any], train: bool) -> tuple[Any, int]:
         return ([s[0] for s in samples], [s[1] for s in samples]), len(samples)  # each image at its own size
 
     def build_model(self) -> nn.Module:
-        return build_detector(self.cfg)
+        return build_detector(self.cfg, self.masks)
 
     def training_loss(self, model: nn.Module, batch: tuple[list, list]) -> tuple[torch.Tensor, dict[str, float]]:
-        """The sum of Mask R-CNN's five losses (RPN objectness and box, classifier, box regression, mask);
-        each is also returned for the log."""
+        """The sum of Mask R-CNN's five losses (RPN objectness and box, classifier, box regression, mask; no mask
+        loss on box-only data); each is also returned for the log."""
         images, targets = batch
         targets = [{k: v for k, v in t.items() if k != "image_id"} for t in targets]
         losses = model(images, targets)
@@ -130,7 +157,7 @@ class DetectionTask(Task):
         metrics["coco"].update(model(images), targets)
 
     def checkpoint_extras(self) -> dict[str, Any]:
-        return {"class_names": self.class_names, "category_ids": self.category_ids}
+        return {"class_names": self.class_names, "category_ids": self.category_ids, "masks": self.masks}
 
     def report(self, model: nn.Module, run_dir: Path, epoch: int, d: Dist) -> None:
         """Validation images with their annotations and the predictions, to <run>/predictions.png (rank 0)."""

@@ -8,6 +8,8 @@ import json
 from typing import Any
 
 from ...cli.options import Verb, add_device, add_ema, add_json, add_output
+from .scores import PRC_FEATURES
+from .shards import SHARD_BATCHES
 
 
 def _extract_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,6 +48,9 @@ def _sample_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--classes", type=int, nargs="+", default=None, help="class ids, in turn (default: all)")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--shard-batches", type=int, default=SHARD_BATCHES, metavar="N",
+                        help="batches per shard file: what a process holds before writing, and what a resumed run "
+                        f"skips (default: {SHARD_BATCHES})")
     add_ema(parser)
     add_device(parser)
 
@@ -65,18 +70,30 @@ def run_sample(args: argparse.Namespace) -> int:
 
     result = sample_to_files(args.checkpoint, args.output, args.num_samples, args.scheduler, args.steps,
                              args.cfg_scale, args.seed, args.classes, args.batch_size, args.device, ema=args.ema,
-                             guided=args.guided_channels)
+                             guided=args.guided_channels, shard_batches=args.shard_batches)
     if result:
-        print(f"{result['images']} samples in {result['seconds']:.1f} s: {result['npz']} (arr_0 uint8 NHWC, "
+        resumed = f" ({result['resumed_shards']} of {result['shards']} shards were on disk)" \
+            if result["resumed_shards"] else ""
+        print(f"{result['images']} samples in {result['seconds']:.1f} s{resumed}: {result['npz']} (arr_0 uint8 NHWC, "
               f"arr_1 labels), grid {result['png']}")
     return 0
 
 
 def _fid_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("samples", metavar="SAMPLES")
-    parser.add_argument("reference", metavar="REFERENCE")
+    parser.add_argument("samples", metavar="SAMPLES", help="an npz (arr_0 uint8 NHWC), a folder of images or a .txt "
+                        "list of npz shards; alone with --save-stats: the reference whose statistics to save")
+    parser.add_argument("reference", metavar="REFERENCE", nargs="?",
+                        help="images (as SAMPLES), a statistics npz (--save-stats) or an ADM reference batch npz")
     parser.add_argument("--classifier", default=None, metavar="CKPT", help="score with this classifier's features")
+    parser.add_argument("--save-stats", default=None, metavar="FILE",
+                        help="write the reference's statistics (mu, sigma, precision/recall features, the feature "
+                        "space's key) to this npz, to pass as REFERENCE later")
+    parser.add_argument("--prc-features", type=int, default=PRC_FEATURES, metavar="N",
+                        help="reference images (evenly spaced) whose features precision/recall compare with every "
+                        f"sample's; 0: no precision/recall (default: {PRC_FEATURES}, ADM's reference batch size)")
     parser.add_argument("--splits", type=int, default=10, help="IS splits")
+    parser.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default: 64 for "
+                        "Inception, 256 for a classifier)")
     add_ema(parser)
     add_device(parser)
     add_json(parser, "the scores")
@@ -84,33 +101,56 @@ def _fid_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_fid(args: argparse.Namespace) -> int:
-    import numpy as np
+    import sys
 
     from ...engine.distributed import resolve_device
-    from .metrics import classifier_scorer, inception_scorer, load_images, score
+    from .metrics import classifier_scorer, inception_scorer
+    from .scores import score_sets
 
+    samples, reference = args.samples, args.reference
+    if reference is None:
+        if args.save_stats is None:
+            raise ValueError("needs SAMPLES and REFERENCE, or REFERENCE alone with --save-stats FILE.")
+        samples, reference = None, args.samples
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ValueError(f"--batch-size must be positive, got {args.batch_size}.")
     device = resolve_device(args.device)
-    scorer = classifier_scorer(args.classifier, device, ema=args.ema) if args.classifier else \
-        inception_scorer(device)
-    samples, reference = load_images(args.samples), load_images(args.reference)
-    labels = None
-    if args.classifier and args.samples.endswith(".npz"):
-        with np.load(args.samples) as npz:
-            labels = npz["arr_1"] if "arr_1" in npz.files else None
-    result = score(samples, reference, scorer, labels, args.splits)
-    result["space"] = f"classifier {args.classifier}" if args.classifier else "Inception-v3"
+    batch = {} if args.batch_size is None else {"batch_size": args.batch_size}
+    extractor = classifier_scorer(args.classifier, device, ema=args.ema, **batch) if args.classifier else \
+        inception_scorer(device, **batch)
+    result = score_sets(samples, reference, extractor, use_labels=bool(args.classifier), splits=args.splits,
+                        prc_features=args.prc_features, save=args.save_stats, output=args.output,
+                        progress=sys.stderr.isatty())
     if args.output:
         with open(args.output, "w") as f:
             json.dump(result, f, indent=1)
     if args.json:
         print(json.dumps(result))
         return 0
-    line = f"FID {result['fid']:.3f}, IS {result['is']:.3f} +- {result['is_std']:.3f}"
-    if "accuracy" in result:
-        line += f", {result['accuracy']:.1f} % classified as their conditioning class"
-    print(f"{line} ({result['samples']} samples vs {result['reference']} reference images, {result['space']} "
-          "features)")
+    for line in _fid_lines(result):
+        print(line)
     return 0
+
+
+def _fid_lines(result: dict[str, Any]) -> list[str]:
+    """The scores as printed: one line, then where the reference statistics went and any notes."""
+    reference = f"{result['reference']} reference images" if result["reference"] is not None else "the reference"
+    if result["reference_kind"] != "images":
+        reference += f" ({result['reference_kind']})"
+    lines = []
+    if "fid" in result:
+        line = f"FID {result['fid']:.3f}"
+        if result["sfid"] is not None:
+            line += f", sFID {result['sfid']:.3f}"
+        line += f", IS {result['is']:.3f} +- {result['is_std']:.3f}"
+        if result["precision"] is not None:
+            line += f", precision {result['precision']:.4f}, recall {result['recall']:.4f}"
+        if "accuracy" in result:
+            line += f", {result['accuracy']:.1f} % classified as their conditioning class"
+        lines.append(f"{line} ({result['samples']} samples vs {reference}, {result['space']} features)")
+    if "saved_stats" in result:
+        lines.append(f"Statistics of {reference} in {result['space']} feature space saved to {result['saved_stats']}")
+    return lines + [f"Note: {note}" for note in result["notes"]]
 
 
 def summarise(result: dict[str, Any]) -> list[str]:
@@ -135,10 +175,14 @@ VERBS = {
         "draw samples of a checkpoint: a PNG grid and an npz (ADM layout: arr_0 uint8 NHWC)", _sample_arguments,
         run_sample,
         description="Sample a `weightformer dit train` checkpoint. A fixed seed (and batch size) gives the same "
-        "samples with any number of processes: torchrun --nproc_per_node N -m weightformer dit sample ..."),
+        "samples with any number of processes: torchrun --nproc_per_node N -m weightformer dit sample ... Shards go "
+        "to DIR/shards/ as they are drawn; after an interruption the same command resumes, skipping finished "
+        "shards, and the shards are streamed into DIR/samples.npz at the end."),
     "fid": Verb(
-        "FID and Inception Score of samples against reference images", _fid_arguments, run_fid,
-        description="FID (and IS) of SAMPLES (an npz, arr_0 uint8 NHWC) against REFERENCE (an npz or a folder of "
-        "images), in Inception-v3's feature space (weights from the local torch hub cache) or, with "
-        "--classifier, in a classification checkpoint's (pre-logits; no download)."),
+        "FID, sFID, IS, precision and recall of samples against a reference", _fid_arguments, run_fid,
+        description="FID, sFID, Inception Score and precision/recall (k = 3) of SAMPLES (an npz, arr_0 uint8 NHWC, "
+        "a folder or a .txt list of npz shards, read batch by batch) against REFERENCE (images, a statistics npz "
+        "from --save-stats, or an ADM reference batch), in Inception-v3's feature space (weights from the local "
+        "torch hub cache) or, with --classifier, in a classification checkpoint's (pre-logits; no download; no "
+        "sFID). `dit fid REFERENCE --save-stats FILE` only caches the reference's statistics."),
 }

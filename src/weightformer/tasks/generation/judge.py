@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from ..loader import load_run_model
-from .metrics import classifier_scorer, frechet_distance, gaussian_stats, load_images
+from .images import load_images
+from .metrics import classifier_scorer, frechet_distance, gaussian_stats
 from .sample import generate, guided_channels, make_sampler, sample_labels
 
 __all__ = ["train_judge", "judge_run"]
