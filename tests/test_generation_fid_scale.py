@@ -211,6 +211,9 @@ def test_scores_against_float64_statements_and_a_saved_reference_reproduces_them
     assert few["prc_reference"] == 5 and few["fid"] == pytest.approx(result["fid"], rel=1e-12)
     none = score_sets(tmp_path / "samples.npz", tmp_path / "ref", extractor, prc_features=0)
     assert none["precision"] is None and none["recall"] is None
+    np.savez(tmp_path / "three.npz", samples[:3])  # too few for 3rd nearest neighbours: FID alone, and a note
+    three = score_sets(tmp_path / "three.npz", tmp_path / "ref", extractor)
+    assert three["precision"] is None and three["fid"] > 0 and "need more than 3 images" in three["notes"][0]
 
 
 def _adm_batch(path, images, extractor, with_images=True, shift=0.0):

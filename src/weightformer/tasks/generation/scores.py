@@ -42,6 +42,7 @@ __all__ = ["SetStats", "Reference", "kept_indices", "compute_stats", "save_stats
            "PRC_FEATURES"]
 
 PRC_FEATURES = 10_000  # reference images kept for precision/recall: the size of ADM's reference batches
+PRC_NEIGHBOURS = 3  # k of the k-NN balls (Kynkäänniemi et al.; ADM's evaluator and torch-fidelity use 3)
 
 
 @dataclass
@@ -245,21 +246,25 @@ def score_sets(samples: str | Path | None, reference: str | Path, extractor: Ext
     if sample_set is not None:
         keep = None if prc_features > 0 and ref_stats.features is not None else 0
         sample_stats = compute_stats(sample_set, extractor, keep, labels, splits, progress)
-        result.update(_compare(sample_stats, ref_stats, extractor))
+        result.update(_compare(sample_stats, ref_stats, extractor, result["notes"]))
     result["seconds"] = time.perf_counter() - start
     return result
 
 
-def _compare(samples: SetStats, reference: SetStats, extractor: Extractor) -> dict[str, Any]:
+def _compare(samples: SetStats, reference: SetStats, extractor: Extractor, notes: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {"fid": frechet_distance(samples.mu, samples.sigma, reference.mu, reference.sigma),
                            "sfid": None, "is": samples.inception_score[0], "is_std": samples.inception_score[1],
                            "precision": None, "recall": None, "samples": samples.images, "prc_reference": 0}
     if samples.mu_s is not None and reference.mu_s is not None:
         out["sfid"] = frechet_distance(samples.mu_s, samples.sigma_s, reference.mu_s, reference.sigma_s)
     if samples.features is not None and reference.features is not None:
-        out["precision"], out["recall"] = precision_recall(samples.features, reference.features,
-                                                           device=extractor.device)
-        out["prc_reference"] = len(reference.features)
+        if min(len(samples.features), len(reference.features)) <= PRC_NEIGHBOURS:
+            notes.append(f"no precision/recall: its k-th nearest neighbours (k = {PRC_NEIGHBOURS}) need more than "
+                         f"{PRC_NEIGHBOURS} images in each set")
+        else:
+            out["precision"], out["recall"] = precision_recall(samples.features, reference.features,
+                                                               PRC_NEIGHBOURS, device=extractor.device)
+            out["prc_reference"] = len(reference.features)
     if samples.accuracy is not None:
         out["accuracy"] = samples.accuracy
     return out

@@ -162,9 +162,11 @@ def merge_shards(directory: Path, plan: ShardPlan, labels: np.ndarray, npz: Path
 
 
 def remove_shards(directory: Path, plan: ShardPlan) -> None:
-    """Remove the shards and the manifest, then the folder if nothing else is in it."""
+    """Remove the shards, their temporaries and the manifest, then the folder if nothing else is in it."""
     for s in range(plan.num_shards):
         plan.path(directory, s).unlink(missing_ok=True)
+    for stray in directory.glob(".shard*.npz.tmp"):  # left by a process killed while writing (SIGKILL)
+        stray.unlink(missing_ok=True)
     (directory / MANIFEST).unlink(missing_ok=True)
     if not any(directory.iterdir()):
         directory.rmdir()
