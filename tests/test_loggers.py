@@ -24,6 +24,9 @@ def _preempted_then_resumed(tmp_path, logger: str, when_stopped=None):
     ids = json.loads((stopped["run_dir"] / "loggers.json").read_text())
     if when_stopped is not None:
         when_stopped(stopped["run_dir"], ids[logger])
+    # W&B names an offline run's folder by the second it started (offline-run-YYYYMMDD_HHMMSS-ID): a resumption
+    # in the same second would write into the first session's folder, so the two sessions start a second apart.
+    time.sleep(1.1)
     resumed = fit(NumbersTask(numbers_config(tmp_path, logger=logger, resume="auto", model_ema=True)))
     assert resumed["run_dir"] == stopped["run_dir"] and resumed["step"] == 16
     assert json.loads((resumed["run_dir"] / "loggers.json").read_text()) == ids  # the same tracker run
