@@ -7,9 +7,11 @@ the fast path computes the same function (tests hold it to the reference) with f
   kernel on CUDA (`triton_dwconv`), channels-last oneDNN convs with the residual folded into the centre tap
   elsewhere (`dwconv`);
 - the dynamic linear layer as one batched GEMM with its bias, and its predicted update summed over the pooled
-  tokens in the rank-reduced space (`dynamic_linear`);
+  tokens in the rank-reduced space, or, on small grids, never formed: the static GEMM plus a rank-C_r
+  correction (`dynamic_linear`);
 - the MLP's fc2(GELU(h)) keeping only h for the backward pass, GELU recomputed there (`mlp`), only while
-  nothing could observe the difference (`gelu_linear_fusable`).
+  nothing could observe the difference (`gelu_linear_fusable`); in CPU inference, oneDNN GEMMs with fc1's
+  bias and GELU and fc2's bias and the block's residual add in their epilogues (`mlp_inference_fusable`).
 
 Switch to the reference path with `use_reference()` (a context manager, or `use_reference(True)` globally) or
 the environment variable WEIGHTFORMER_REFERENCE=1; `weightformer bench` runs both side by side. The reference
@@ -32,8 +34,23 @@ except ImportError:
         _is_fx_tracing = None
 
 from .dwconv import depthwise_conv_torch
-from .dynamic_linear import apply_dynamic_weight, low_rank_outer_product_sum
-from .mlp import gelu_linear, gelu_linear_fusable, global_module_hooks
+from .dynamic_linear import (
+    apply_dynamic_weight,
+    apply_low_rank_dynamic_weight,
+    low_rank_bounded_update,
+    low_rank_dynamic_linear_preferred,
+    low_rank_outer_product_sum,
+)
+from .mlp import _has_hooks as has_hooks
+from .mlp import (
+    gelu_linear,
+    gelu_linear_fusable,
+    global_module_hooks,
+    linear_add_inference,
+    linear_gelu_inference,
+    mlp_inference_fusable,
+    plain_linear,
+)
 
 __all__ = [
     "use_reference",
@@ -43,8 +60,16 @@ __all__ = [
     "depthwise_conv",
     "apply_dynamic_weight",
     "low_rank_outer_product_sum",
+    "low_rank_bounded_update",
+    "apply_low_rank_dynamic_weight",
+    "low_rank_dynamic_linear_preferred",
+    "has_hooks",
     "gelu_linear",
     "gelu_linear_fusable",
+    "mlp_inference_fusable",
+    "plain_linear",
+    "linear_gelu_inference",
+    "linear_add_inference",
 ]
 
 

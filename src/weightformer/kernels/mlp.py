@@ -1,4 +1,4 @@
-"""The MLP's second half, fc2(GELU(h)), storing only h for the backward pass.
+"""The MLP on the fast path: in training fc2(GELU(h)) storing only h; in CPU inference GEMMs with fused epilogues.
 
 Autograd keeps two (tokens x 4C) activations per MLP for the reference `fc2(act(h))`: h, for GELU's derivative,
 and GELU(h), fc2's input for its weight gradient. GELU is cheap to recompute, so this function saves h alone and
@@ -9,6 +9,14 @@ The fused function reads fc2's weight instead of calling fc2 and never calls the
 only used where that is unobservable: `gelu_linear_fusable` says when (plain nn.GELU and nn.Linear modules,
 no hooks, no parametrizations, gradients being recorded). Anything else, a LoRA-wrapped or quantized fc2, a
 pruning mask, a forward hook, a FLOP counter, gets the modules' own forwards.
+
+Inference on CPU in fp32 (`mlp_inference_fusable`): the static MLP runs as two oneDNN GEMMs whose epilogues
+apply fc1's bias and GELU and fc2's bias and the block's residual add while each output tile is still in cache
+(`torch.ops.mkldnn._linear_pointwise`, the kernels torch.compile's CPU backend uses for the same fusions). The
+unfused ops read and write the (tokens x 4C) hidden map twice more and the residual stream once more. Measured
+on CPU (1 thread, CPU time, 3136 tokens, fp32): 12.6 vs 23.7 ms per MLP at width 192, 35.8 vs 86.0 ms at 384;
+the outputs agree to fp32 rounding (relative 1e-6). Dynamic blocks fuse fc2 and the residual only (their fc1's
+weight differs per sample).
 """
 
 from __future__ import annotations
@@ -19,7 +27,15 @@ import torch.nn.functional as F
 from torch.nn.modules import module as _module
 from torch.nn.utils import parametrize
 
-__all__ = ["gelu_linear", "gelu_linear_fusable", "global_module_hooks"]
+__all__ = [
+    "gelu_linear",
+    "gelu_linear_fusable",
+    "global_module_hooks",
+    "mlp_inference_fusable",
+    "plain_linear",
+    "linear_gelu_inference",
+    "linear_add_inference",
+]
 
 
 def _has_hooks(module: nn.Module) -> bool:
@@ -92,3 +108,51 @@ def gelu_linear(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     if not (torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)):
         return F.linear(F.gelu(hidden), weight, bias)
     return _GeluLinear.apply(hidden, weight, bias)
+
+
+def _has_onednn_linear() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def mlp_inference_fusable(act: nn.Module, fc2: nn.Module, x: torch.Tensor) -> bool:
+    """Whether act and fc2 (and the residual add after them) may run as oneDNN GEMMs with fused epilogues.
+
+    Only where nothing could tell: no gradients recorded (the fused kernels have no backward), fp32 CPU tensors
+    outside autocast, eager mode (torch.compile fuses by itself), plain nn.GELU / nn.Linear without hooks or
+    parametrizations (see `gelu_linear_fusable`).
+    """
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and not (torch.is_grad_enabled() and (x.requires_grad or fc2.weight.requires_grad))
+        and not torch.is_autocast_enabled("cpu")
+        and not torch.compiler.is_compiling()
+        and type(act) is nn.GELU
+        and act.approximate == "none"
+        and not _has_hooks(act)
+        and plain_linear(fc2)
+        and _has_onednn_linear()
+    )
+
+
+def plain_linear(module: nn.Module) -> bool:
+    """Exactly nn.Linear, not parametrized, no hooks of its own or global ones: reading its weight is unobservable."""
+    return (
+        type(module) is nn.Linear
+        and not parametrize.is_parametrized(module)
+        and not _has_hooks(module)
+        and not global_module_hooks()
+    )
+
+
+def linear_gelu_inference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """GELU(x W^T + b), bias and GELU in the GEMM's epilogue (no autograd). x: (..., C), weight: (D, C) -> (..., D)."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu", [], "none")
+
+
+def linear_add_inference(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor
+) -> torch.Tensor:
+    """residual + x W^T + b, bias and add in the GEMM's epilogue (no autograd). x: (..., K), weight: (D, K),
+    residual: (..., D) -> (..., D)."""
+    return torch.ops.mkldnn._linear_pointwise.binary(x, residual, weight, bias, "add")

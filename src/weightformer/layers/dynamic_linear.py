@@ -30,11 +30,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import trunc_normal_
+from torch.profiler import record_function
 
 from .. import kernels
 from .common import bound_update, check_grid, pool_2x2, softmax_pool
 
-__all__ = ["DynamicLinear", "OuterProductPredictor", "LINEAR_PREDICTORS"]
+__all__ = ["DynamicLinear", "OuterProductPredictor", "LINEAR_PREDICTORS", "PREDICTOR_RANGE"]
+
+# The torch.profiler range around the predictors' work on the fast path (read by `weightformer profile`).
+PREDICTOR_RANGE = "weightformer::predictor"
 
 
 class OuterProductPredictor(nn.Module):
@@ -119,6 +123,14 @@ class OuterProductPredictor(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, H, W, C) -> dW: (B, D, C), column-bounded."""
+        u, v, scale = self.factors(x)  # (B, Np, C_r), (B, Np, D_r)
+        delta = self._outer_product_sum(u, v)  # (B, D, C)
+        delta = delta * scale
+        # Each output column j of dW (C x D) is a row here: normalise over the C inputs.
+        return bound_update(delta, dims=[-1])
+
+    def factors(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """x: (B, H, W, C) -> u (B, Np, C_r), v (B, Np, D_r) and the scale C^(-1/2) / N (or / P) of their sum."""
         num_tokens = x.shape[1] * x.shape[2]
         if self.statistics == "pooled":
             pooled = pool_2x2(x, self.ceil_mode).flatten(1, 2)  # (B, Np, C)
@@ -141,10 +153,7 @@ class OuterProductPredictor(nn.Module):
             u = F.silu(u)
         if self.act_out:
             v = F.silu(v)
-        delta = self._outer_product_sum(u, v)  # (B, D, C)
-        delta = delta * (self.in_features**-0.5 / norm)
-        # Each output column j of dW (C x D) is a row here: normalise over the C inputs.
-        return bound_update(delta, dims=[-1])
+        return u, v, self.in_features**-0.5 / norm
 
     def _outer_product_sum(self, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """sum_p phi_out(x_p)^T phi_in(x_p): u (B, Np, C_r), v (B, Np, D_r) -> (B, D, C)."""
@@ -228,8 +237,24 @@ class DynamicLinear(nn.Linear):
         if not torch.jit.is_scripting():  # tracers skip the checks too: their sizes are symbolic
             if not kernels.reference_enabled_by_tracing():
                 check_grid(x, self.in_features, self.min_grid, "DynamicLinear")
-        weight = self.weight + self.predictor(x)  # (B, D, C)
         if not torch.jit.is_scripting():
             if not kernels.reference_enabled():
-                return kernels.apply_dynamic_weight(x, weight, self.bias)  # one batched GEMM, bias included
+                return self._forward_fast(x)
+        weight = self.weight + self.predictor(x)  # (B, D, C)
         return torch.einsum("bhwc,bdc->bhwd", x, weight) + self.bias
+
+    @torch.jit.unused
+    def _forward_fast(self, x: torch.Tensor) -> torch.Tensor:
+        """The fast path: dW kept factored through the predictor's rank-C_r input basis where that is cheaper,
+        else formed and applied as one batched GEMM. x: (B, H, W, C) -> (B, H, W, D)."""
+        predictor = self.predictor
+        # The profiler range names the predictor's ops for `weightformer profile` (free when not profiling).
+        if kernels.low_rank_dynamic_linear_preferred(x, predictor.in_rank, predictor.out_rank, self.out_features) \
+                and type(predictor) is OuterProductPredictor and not kernels.has_hooks(predictor):
+            with record_function(PREDICTOR_RANGE):
+                u, v, scale = predictor.factors(x)  # (B, Np, C_r), (B, Np, D_r)
+                rows = kernels.low_rank_bounded_update(u, v, predictor.input_basis, predictor.output_basis, scale)
+            return kernels.apply_low_rank_dynamic_weight(x, self.weight, self.bias, rows, predictor.input_basis)
+        with record_function(PREDICTOR_RANGE):
+            weight = self.weight + predictor(x)  # (B, D, C)
+        return kernels.apply_dynamic_weight(x, weight, self.bias)  # one batched GEMM, bias included

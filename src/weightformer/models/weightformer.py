@@ -110,6 +110,20 @@ class Mlp(nn.Module):
                 return kernels.gelu_linear(hidden, self.fc2.weight, self.fc2.bias)
         return self.fc2(self.act(hidden))
 
+    @torch.jit.unused
+    def forward_fused_inference(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """residual + MLP(x) as oneDNN GEMMs with fused epilogues (CPU inference, `kernels.mlp_inference_fusable`).
+
+        x, residual: (B, H, W, C) -> (B, H, W, C). fc1's bias and GELU run in its GEMM's epilogue where fc1 is a
+        plain nn.Linear (a DynamicLinear has a per-sample weight and runs its own forward); fc2's bias and the
+        residual add run in fc2's.
+        """
+        if kernels.plain_linear(self.fc1):
+            hidden = kernels.linear_gelu_inference(x, self.fc1.weight, self.fc1.bias)  # (B, H, W, 4C)
+        else:
+            hidden = self.act(self.fc1(x))  # (B, H, W, 4C)
+        return kernels.linear_add_inference(hidden, self.fc2.weight, self.fc2.bias, residual)
+
 
 class Block(nn.Module):
     """A WeightFormer block, static or dynamic.
@@ -144,7 +158,20 @@ class Block(nn.Module):
         """x: (B, H, W, C) -> (B, H, W, C)."""
         x = self.norm1(x)
         x = self.token_mixer(x, residual=True)  # x + mixer(x), the add fused into the conv on the fast path
+        if not torch.jit.is_scripting():  # (TorchScript compiles only the reference path: nested ifs, see Mlp)
+            if not kernels.reference_enabled() and self._mlp_fusable(x):
+                return self.mlp.forward_fused_inference(self.norm2(x), residual=x)  # x + MLP(LN2(x)), one pass less
         return x + self.drop_path(self.mlp(self.norm2(x)))
+
+    @torch.jit.unused
+    def _mlp_fusable(self, x: torch.Tensor) -> bool:
+        # CPU inference with nothing watching the MLP or the drop-path (an identity outside training).
+        return (
+            kernels.mlp_inference_fusable(self.mlp.act, self.mlp.fc2, x)
+            and (isinstance(self.drop_path, nn.Identity) or not self.training)
+            and not kernels.has_hooks(self.mlp)
+            and not kernels.has_hooks(self.drop_path)
+        )
 
 
 def dynamic_block_indices(depth: int, placement: str | Iterable[int] = "sparse") -> tuple[int, ...]:
