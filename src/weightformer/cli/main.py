@@ -9,7 +9,7 @@ from .tasks import add_task_commands
 
 # Tool modules under weightformer.cli (commands that are not tasks); each defines add_parser(subparsers) -> None,
 # registering a parser whose `func(args) -> int | None` runs the command.
-TOOL_MODULES = ["models", "plot", "bench", "export", "export_weights", "erf", "data"]
+TOOL_MODULES = ["models", "plot", "bench", "profile", "export", "export_weights", "erf", "data"]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -24,6 +24,7 @@ and max over the tokens; P = 2). Both divide by the number of summaries P instea
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from functools import partial
 
 import torch
@@ -39,6 +40,11 @@ __all__ = ["DynamicLinear", "OuterProductPredictor", "LINEAR_PREDICTORS", "PREDI
 
 # The torch.profiler range around the predictors' work on the fast path (read by `weightformer profile`).
 PREDICTOR_RANGE = "weightformer::predictor"
+
+
+def _predictor_range() -> AbstractContextManager:
+    # Eager only: torch.compile would warn that it ignores the range.
+    return nullcontext() if torch.compiler.is_compiling() else record_function(PREDICTOR_RANGE)
 
 
 class OuterProductPredictor(nn.Module):
@@ -251,10 +257,10 @@ class DynamicLinear(nn.Linear):
         # The profiler range names the predictor's ops for `weightformer profile` (free when not profiling).
         if kernels.low_rank_dynamic_linear_preferred(x, predictor.in_rank, predictor.out_rank, self.out_features) \
                 and type(predictor) is OuterProductPredictor and not kernels.has_hooks(predictor):
-            with record_function(PREDICTOR_RANGE):
+            with _predictor_range():
                 u, v, scale = predictor.factors(x)  # (B, Np, C_r), (B, Np, D_r)
                 rows = kernels.low_rank_bounded_update(u, v, predictor.input_basis, predictor.output_basis, scale)
             return kernels.apply_low_rank_dynamic_weight(x, self.weight, self.bias, rows, predictor.input_basis)
-        with record_function(PREDICTOR_RANGE):
+        with _predictor_range():
             weight = self.weight + predictor(x)  # (B, D, C)
         return kernels.apply_dynamic_weight(x, weight, self.bias)  # one batched GEMM, bias included

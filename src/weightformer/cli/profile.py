@@ -1,0 +1,49 @@
+"""`weightformer profile`: where the time goes, per op family, WeightFormer against the DeiT of the same width."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..analysis.profile import ProfileConfig, format_profile, run_profile
+from .options import add_output
+
+_VARIANTS = {"tiny": "weightformer_tiny", "small": "weightformer_small"}
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "profile",
+        help="torch.profiler time, MACs and GMAC/s per op family, WeightFormer vs DeiT (CPU, fp32)",
+        description=(
+            "Profiles training and inference steps of WeightFormer (fast path, eager) and the DeiT of the same "
+            "width on the same batch, alternating the two, and prints per op family (GEMMs, depthwise convs, "
+            "norms, dynamic predictors, attention, elementwise, ...) the self time, MACs and GMAC/s; writes JSON."
+        ),
+    )
+    parser.add_argument("--model", default="tiny", choices=sorted(_VARIANTS), help="variant (default tiny)")
+    parser.add_argument("--resolution", type=int, default=224, help="input side (default 224)")
+    parser.add_argument("--batch", type=int, default=16, help="batch size (default 16, the bench's at 224)")
+    parser.add_argument("--modes", nargs="+", choices=["inference", "train"], default=["inference", "train"])
+    parser.add_argument("--steps", type=int, default=2, help="profiled steps per model and mode (default 2)")
+    parser.add_argument("--warmup", type=int, default=1, help="unprofiled steps per model first (default 1)")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    add_output(parser, "writes PATH.json", default="profile", metavar="PREFIX")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.steps < 1 or args.warmup < 0 or args.batch < 1:
+        raise ValueError("--steps and --batch must be at least 1 and --warmup at least 0.")
+    cfg = ProfileConfig(model=_VARIANTS[args.model], resolution=args.resolution, batch=args.batch,
+                        modes=tuple(args.modes), steps=args.steps, warmup=args.warmup, threads=args.threads)
+    path = Path(args.output).with_name(Path(args.output).name + ".json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    results = run_profile(cfg, log=lambda line: print(line, file=sys.stderr))
+    results["command"] = "weightformer " + " ".join(sys.argv[1:]) if sys.argv else "weightformer profile"
+    print(format_profile(results))
+    path.write_text(json.dumps(results, indent=2))
+    print(f"\nwrote {path}")
+    return 0

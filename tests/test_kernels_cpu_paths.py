@@ -1,0 +1,75 @@
+"""The CPU fast paths chosen by size or mode: factored vs formed dynamic-linear updates, fused inference MLPs."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+from weightformer import kernels
+from weightformer.layers import DynamicLinear
+
+
+def _randomise(module: torch.nn.Module, seed: int = 0) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.3)
+
+
+@pytest.mark.parametrize("grid,factored", [((3, 9), True), ((12, 11), False)])
+@pytest.mark.parametrize("predictor", ["bilateral", "deep", "query_pool"])
+def test_dynamic_linear_factored_and_formed_updates_equal_reference(grid, factored, predictor):
+    torch.manual_seed(0)
+    layer = DynamicLinear(12, 20, predictor=predictor)
+    _randomise(layer)
+    x = torch.randn(3, *grid, 12, requires_grad=True)
+    assert kernels.low_rank_dynamic_linear_preferred(x, 3, 5, 20) is factored
+    params = [x, *layer.parameters()]
+    y_fast = layer(x)
+    g_fast = torch.autograd.grad(y_fast.square().sum(), params)
+    with kernels.use_reference():
+        y_ref = layer(x)
+        g_ref = torch.autograd.grad(y_ref.square().sum(), params)
+    torch.testing.assert_close(y_fast, y_ref, rtol=1e-5, atol=1e-5)
+    for g, r in zip(g_fast, g_ref, strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4 * (r.abs().max().item() + 1))
+
+
+def test_factored_update_has_finite_gradients_for_a_zero_update():
+    layer = DynamicLinear(8, 16)
+    with torch.no_grad():
+        layer.predictor.output_basis.zero_()
+    x = torch.randn(2, 4, 4, 8, requires_grad=True)
+    grads = torch.autograd.grad(layer(x).sum(), [x, *layer.parameters()])
+    assert all(torch.isfinite(g).all() for g in grads)
+
+
+def test_factored_update_is_not_used_in_bf16():
+    assert not kernels.low_rank_dynamic_linear_preferred(torch.empty(2, 3, 3, 12, dtype=torch.bfloat16), 3, 5, 20)
+
+
+def test_cpu_inference_with_fused_mlps_equals_reference():
+    model = timm.create_model("weightformer_tiny", embed_dim=48, depth=5, num_classes=11).eval()
+    _randomise(model, seed=3)
+    x = torch.randn(2, 3, 64, 80, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        assert model.blocks[0]._mlp_fusable(model.patch_embed(x)) is kernels.mlp_inference_fusable(
+            model.blocks[0].mlp.act, model.blocks[0].mlp.fc2, x
+        )
+        logits = model(x)
+        with kernels.use_reference():
+            logits_ref = model(x)
+    torch.testing.assert_close(logits, logits_ref, rtol=1e-4, atol=1e-4 * logits_ref.abs().max().item())
+
+
+def test_fused_inference_mlp_is_not_used_while_recording_gradients_or_hooked():
+    block = timm.create_model("weightformer_tiny", embed_dim=48, depth=2, num_classes=0).blocks[0].eval()
+    x = torch.randn(2, 4, 4, 48)
+    with torch.inference_mode():
+        assert block._mlp_fusable(x) is kernels.mlp_inference_fusable(block.mlp.act, block.mlp.fc2, x)
+    assert not block._mlp_fusable(x.requires_grad_())
+    handle = block.mlp.fc2.register_forward_hook(lambda *args: None)
+    with torch.inference_mode():
+        assert not block._mlp_fusable(x.detach())
+    handle.remove()
