@@ -29,7 +29,8 @@ profiler range of their own.
 
 MACs come from the recorded shapes of the leaf GEMMs (mm, addmm, bmm, baddbmm, oneDNN linear), convolutions
 (forward, and the gradients their backward computes), SDPA (torch's flop formulas) and LayerNorm (fvcore's 5
-per element; 0 in its backward). Elementwise ops count 0 MACs, as in fvcore: "GMAC/s" is only meaningful for the MAC families.
+per element; 0 in its backward). Elementwise ops count 0 MACs, as in fvcore: "GMAC/s" is only meaningful for
+the MAC families.
 """
 
 from __future__ import annotations
