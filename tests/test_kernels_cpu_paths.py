@@ -73,3 +73,20 @@ def test_fused_inference_mlp_is_not_used_while_recording_gradients_or_hooked():
     with torch.inference_mode():
         assert not block._mlp_fusable(x.detach())
     handle.remove()
+
+
+@pytest.mark.parametrize("grid", [(2, 2), (2, 3)])  # one pooled token and a wide output rank: rows via v W2 first
+def test_factored_update_through_the_output_basis_first_equals_reference(grid):
+    torch.manual_seed(0)
+    layer = DynamicLinear(8, 64)
+    _randomise(layer)
+    x = torch.randn(2, *grid, 8, requires_grad=True)
+    assert kernels.low_rank_dynamic_linear_preferred(x, 2, 16, 64)
+    y_fast = layer(x)
+    g_fast = torch.autograd.grad(y_fast.square().sum(), [x, *layer.parameters()])
+    with kernels.use_reference():
+        y_ref = layer(x)
+        g_ref = torch.autograd.grad(y_ref.square().sum(), [x, *layer.parameters()])
+    torch.testing.assert_close(y_fast, y_ref, rtol=1e-5, atol=1e-5)
+    for g, r in zip(g_fast, g_ref, strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4 * (r.abs().max().item() + 1))

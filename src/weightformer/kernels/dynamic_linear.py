@@ -90,7 +90,14 @@ def low_rank_bounded_update(
     u: (B, Np, C_r), v: (B, Np, D_r), input_basis W1: (C_r, C), output_basis W2: (D_r, D) -> R: (B, D, C_r).
     bound_rows divides each row d of dW by (||dW_d|| + 1); the norms come from the Gram matrix W1 W1^T.
     """
-    rows = output_basis.t() @ (v.transpose(1, 2) @ u)  # (B, D, C_r): dW = scale * rows @ W1
+    num_pooled, in_rank, out_rank = u.shape[1], u.shape[2], v.shape[2]
+    out_features = output_basis.shape[1]
+    # rows = W2^T v^T u (B, D, C_r), in the cheaper order: through the D_r x C_r sum, or through v W2 (Np x D).
+    sum_first = (num_pooled + out_features) * out_rank * in_rank
+    if sum_first <= num_pooled * (out_rank + in_rank) * out_features:
+        rows = output_basis.t() @ (v.transpose(1, 2) @ u)  # dW = scale * rows @ W1
+    else:  # few pooled tokens, wide rank (WeightFormer-S at 224: Np = 49, D_r = 384)
+        rows = (v @ output_basis).transpose(1, 2) @ u
     gram = input_basis @ input_basis.t()  # (C_r, C_r)
     squared = ((rows @ gram) * rows).sum(dim=-1, keepdim=True)  # (B, D, 1): ||rows_d W1||^2
     # Clamped above 0: the norm's gradient at a zero row is then 0, as torch.linalg.vector_norm's.
