@@ -49,6 +49,7 @@ from .mlp import (
     linear_add_inference,
     linear_gelu_inference,
     mlp_inference_fusable,
+    onednn_inference,
     plain_linear,
 )
 
@@ -67,6 +68,7 @@ __all__ = [
     "gelu_linear",
     "gelu_linear_fusable",
     "mlp_inference_fusable",
+    "onednn_inference",
     "plain_linear",
     "linear_gelu_inference",
     "linear_add_inference",

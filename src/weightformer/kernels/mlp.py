@@ -32,6 +32,7 @@ __all__ = [
     "gelu_linear_fusable",
     "global_module_hooks",
     "mlp_inference_fusable",
+    "onednn_inference",
     "plain_linear",
     "linear_gelu_inference",
     "linear_add_inference",
@@ -114,6 +115,19 @@ def _has_onednn_linear() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
+def onednn_inference(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether x W^T may run as a oneDNN GEMM (`torch.ops.mkldnn._linear_pointwise`, no autograd): fp32 CPU
+    tensors, no gradients recorded, outside autocast, eager mode (torch.compile picks its own kernels)."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+        and not torch.is_autocast_enabled("cpu")
+        and not torch.compiler.is_compiling()
+        and _has_onednn_linear()
+    )
+
+
 def mlp_inference_fusable(act: nn.Module, fc2: nn.Module, x: torch.Tensor) -> bool:
     """Whether act and fc2 (and the residual add after them) may run as oneDNN GEMMs with fused epilogues.
 
@@ -122,16 +136,11 @@ def mlp_inference_fusable(act: nn.Module, fc2: nn.Module, x: torch.Tensor) -> bo
     parametrizations (see `gelu_linear_fusable`).
     """
     return (
-        x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and not (torch.is_grad_enabled() and (x.requires_grad or fc2.weight.requires_grad))
-        and not torch.is_autocast_enabled("cpu")
-        and not torch.compiler.is_compiling()
-        and type(act) is nn.GELU
+        type(act) is nn.GELU
         and act.approximate == "none"
         and not _has_hooks(act)
         and plain_linear(fc2)
-        and _has_onednn_linear()
+        and onednn_inference(x, fc2.weight)
     )
 
 
