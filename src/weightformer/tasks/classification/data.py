@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
@@ -140,9 +140,35 @@ def eval_transform(img_size: int, crop_pct: float = 224 / 256, interpolation: st
                             mean=tuple(mean), std=tuple(std))
 
 
+def _posterize(img: Image.Image, bits_to_keep: int, **_: Any) -> Image.Image:
+    """RandAugment's posterize as Pillow < 13 computed it: 0 bits kept gives a black image.
+
+    timm's "PosterizeIncreasing" level maps magnitudes of ~9.5 and more to 0 bits (reachable with the recipes'
+    `rand-m9-mstd0.5-inc1`), which Pillow 13 refuses with a ValueError that would end a run mid-epoch.
+    """
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return img.point(lambda _: 0)
+    return ImageOps.posterize(img, bits_to_keep)
+
+
+def _patch_posterize(transform: Any) -> Any:
+    """Swap `_posterize` into every RandAugment/AutoAugment posterize op of a (nested) torchvision Compose."""
+    for t in getattr(transform, "transforms", None) or []:
+        ops = getattr(t, "ops", None)  # timm RandAugment / AugMixAugment
+        if ops is None and hasattr(t, "policy"):  # timm AutoAugment: a list of sub-policies
+            ops = [op for sub in t.policy for op in sub]
+        for op in ops or []:
+            if "Posterize" in getattr(op, "name", ""):
+                op.aug_fn = _posterize
+        _patch_posterize(t)
+    return transform
+
+
 def train_transform(cfg) -> Any:
     """timm's training transform from a ClassificationConfig: random resized crop, flip, RandAugment, erasing."""
-    return create_transform(
+    return _patch_posterize(create_transform(
         cfg.img_size,
         is_training=True,
         scale=tuple(cfg.scale),
@@ -153,4 +179,4 @@ def train_transform(cfg) -> Any:
         re_prob=cfg.reprob,
         re_mode=cfg.remode,
         re_count=cfg.recount,
-    )
+    ))
