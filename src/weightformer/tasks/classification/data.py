@@ -18,13 +18,14 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from ...engine.data import Unreadable
 
-__all__ = ["FolderDataset", "open_image", "transformed", "check_splits", "eval_transform", "train_transform",
-           "collate_images"]
+__all__ = ["FolderDataset", "IndexedImages", "open_image", "transformed", "check_splits", "eval_transform",
+           "train_transform", "collate_images"]
 
 
 @contextmanager
@@ -59,6 +60,24 @@ def transformed(image: Image.Image, transform: Any, seed: int | None) -> Any:
         return transform(image)
     with _seeded(seed):
         return transform(image)
+
+
+class IndexedImages(Dataset):
+    """Base of the datasets that read sample i's stored image with `original(i)`: the transform (seeded by the
+    engine's per-sample seed) and the label `targets[i]` are applied here, once for every storage format."""
+
+    transform: Any
+    targets: Sequence[int]
+
+    def original(self, index: int) -> Image.Image | Unreadable:
+        raise NotImplementedError
+
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[Any, int] | Unreadable:
+        index, seed = item if isinstance(item, tuple) else (item, None)
+        image = self.original(index)
+        if isinstance(image, Unreadable):
+            return image
+        return transformed(image, self.transform, seed), self.targets[index]
 
 
 class FolderDataset(ImageFolder):
