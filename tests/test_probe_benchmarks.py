@@ -12,6 +12,7 @@ import torch
 from weightformer.tasks.probes import (
     Knobs,
     ProbeDataset,
+    SuiteConfig,
     draw_pathfinder,
     draw_psvrt,
     draw_same_different_random,
@@ -154,6 +155,8 @@ def test_benchmark_knobs_are_checked_and_flow_into_the_suite(tmp_path):
         ProbeDataset("psvrt", Knobs(resolution=16, item_size=9), 4)
     with pytest.raises(ValueError, match="contour_length must be within"):
         ProbeDataset("pathfinder", Knobs(resolution=32, contour_length=1), 4)
+    with pytest.raises(ValueError, match="have no distance knob"):
+        SuiteConfig(tasks=["pathfinder"], models=["static"], distances=[0.5, 1.0]).check()
     out = tmp_path / "p"
     assert main(["probe", "--tasks", "psvrt", "pathfinder", "--models", "static", "--steps", "1", "--batch-size",
                  "2", "--val-images", "2", "--width", "8", "--depth", "1", "--item-size", "3", "--contour-length",

@@ -11,6 +11,9 @@
 - `same_different_random`: our `same_different` (two coloured squares, label = same colour) with the squares at
   uniformly random positions, so that no fixed-offset filter solves it.
 
+psvrt and pathfinder place their parts at random, as the papers do, and have no distance knob (the suite
+refuses a distance sweep for them); same_different_random reads `distance` as the least gap between the squares.
+
 Each `draw_*` function returns the image and its metadata (positions, patterns, contours) for tests and
 figures; the registered task functions return the image only. Images are (R, R, 3) float32 in [0, 1].
 """
@@ -24,7 +27,10 @@ import numpy as np
 
 from .data import PALETTE, PROBE_TASKS, Knobs, _Canvas, _object_side
 
-__all__ = ["draw_psvrt", "draw_pathfinder", "draw_same_different_random", "PATHFINDER_GEOMETRY"]
+__all__ = ["draw_psvrt", "draw_pathfinder", "draw_same_different_random", "PATHFINDER_GEOMETRY", "NO_DISTANCE"]
+
+# Tasks that place their parts at random, as their papers do, and so have no distance knob.
+NO_DISTANCE = ("psvrt", "pathfinder")
 
 
 #################################################################################

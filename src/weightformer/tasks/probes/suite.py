@@ -29,6 +29,7 @@ import torch
 
 from .data import PROBE_TASKS, Knobs, static_receptive_field
 from .models import DEFAULT_SIZES, build_probe_model
+from .published import NO_DISTANCE
 from .task import ProbeConfig, train_probe
 
 __all__ = ["SuiteConfig", "run_suite", "format_table", "summarise", "plot_suite", "PeakMemory", "DEFAULT_MODELS"]
@@ -67,6 +68,10 @@ class SuiteConfig:
             raise ValueError(f"Unknown probe task(s) {', '.join(unknown)}; choose from {', '.join(PROBE_TASKS)}.")
         for spec in self.models:  # build each once, so that a bad spec stops the suite before any run
             build_probe_model(spec, num_classes=2, img_size=self.resolutions[0], defaults=self.sizes)
+        ignored = [t for t in self.tasks if t in NO_DISTANCE]
+        if ignored and len(self.distances) > 1:
+            raise ValueError(f"{', '.join(ignored)} place their parts at random (as in their papers) and have no "
+                             "distance knob; give one --distance, or run them apart from the distance sweep.")
         for task, resolution, distance in itertools.product(self.tasks, self.resolutions, self.distances):
             Knobs(resolution, distance, self.size, self.distractors, self.colours, self.item_size,
                   self.contour_length).check(task)
