@@ -29,6 +29,7 @@ import torch
 
 from .data import PROBE_TASKS, Knobs, static_receptive_field
 from .models import DEFAULT_SIZES, build_probe_model
+from .published import NO_DISTANCE
 from .task import ProbeConfig, train_probe
 
 __all__ = ["SuiteConfig", "run_suite", "format_table", "summarise", "plot_suite", "PeakMemory", "DEFAULT_MODELS"]
@@ -48,6 +49,8 @@ class SuiteConfig:
     size: float = 1 / 8
     distractors: int = 0
     colours: int = 2
+    item_size: int = 4  # psvrt
+    contour_length: int = 6  # pathfinder
     sizes: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SIZES))  # width, depth, patch of every spec
     steps: int = 1500
     batch_size: int = 32
@@ -65,8 +68,13 @@ class SuiteConfig:
             raise ValueError(f"Unknown probe task(s) {', '.join(unknown)}; choose from {', '.join(PROBE_TASKS)}.")
         for spec in self.models:  # build each once, so that a bad spec stops the suite before any run
             build_probe_model(spec, num_classes=2, img_size=self.resolutions[0], defaults=self.sizes)
-        for resolution, distance in itertools.product(self.resolutions, self.distances):
-            Knobs(resolution, distance, self.size, self.distractors, self.colours).check()
+        ignored = [t for t in self.tasks if t in NO_DISTANCE]
+        if ignored and len(self.distances) > 1:
+            raise ValueError(f"{', '.join(ignored)} place their parts at random (as in their papers) and have no "
+                             "distance knob; give one --distance, or run them apart from the distance sweep.")
+        for task, resolution, distance in itertools.product(self.tasks, self.resolutions, self.distances):
+            Knobs(resolution, distance, self.size, self.distractors, self.colours, self.item_size,
+                  self.contour_length).check(task)
         if not self.models or not self.seeds or self.steps < 1 or self.jobs < 0 or self.threads < 1:
             raise ValueError("Need at least one model and one seed, steps and threads >= 1 and jobs >= 0.")
 
@@ -141,15 +149,17 @@ def run_one(key: dict[str, Any], cfg: SuiteConfig) -> dict[str, Any]:
     runs_dir.mkdir(parents=True, exist_ok=True)
     probe = ProbeConfig(
         probe=key["task"], model=key["model"], sizes=cfg.sizes, resolution=key["resolution"],
-        distance=key["distance"], size=cfg.size, distractors=cfg.distractors, colours=cfg.colours, steps=cfg.steps,
-        val_images=cfg.val_images, seed=key["seed"], batch_size=cfg.batch_size, lr=cfg.lr, threads=cfg.threads,
+        distance=key["distance"], size=cfg.size, distractors=cfg.distractors, colours=cfg.colours,
+        item_size=cfg.item_size, contour_length=cfg.contour_length, steps=cfg.steps, val_images=cfg.val_images,
+        seed=key["seed"], batch_size=cfg.batch_size, lr=cfg.lr, threads=cfg.threads,
         device=cfg.device, output_dir=str(runs_dir), run_name=_run_name(key), recipe="probe")
     log_path = runs_dir / f"{_run_name(key)}.log"
     with open(log_path, "w") as log, contextlib.redirect_stdout(log), PeakMemory(cfg.device) as memory:
         result = train_probe(probe)
     n_params = sum(p.numel() for p in result["model"].parameters())
     return {
-        **key, "size": cfg.size, "distractors": cfg.distractors, "colours": cfg.colours, "steps": cfg.steps,
+        **key, "size": cfg.size, "distractors": cfg.distractors, "colours": cfg.colours,
+        "item_size": cfg.item_size, "contour_length": cfg.contour_length, "steps": cfg.steps,
         "batch_size": cfg.batch_size,
         "accuracy": result["val_top1"], "val_loss": result["val_loss"], "train_loss": result["train_loss"],
         "train_images_per_second": cfg.steps * cfg.batch_size / result["epoch_seconds"],
