@@ -189,6 +189,19 @@ def test_model_specs_build_the_named_networks_with_shared_sizes():
             build_probe_model(spec, 2, 32)
 
 
+@pytest.mark.parametrize("predictor", ["agent", "normalized"])
+@pytest.mark.parametrize("placement,dynamic", [("", (1,)), (",dynamic=all", (0, 1, 2))])
+def test_model_specs_select_the_output_predictors_and_train_at_an_odd_grid(predictor, placement, dynamic):
+    model = build_probe_model(f"weightformer:linear={predictor}{placement}", 2, 20, defaults=dict(width=16, depth=3))
+    assert model.dynamic_indices == dynamic
+    assert all(model.blocks[i].mlp.fc1.predictor_name == predictor for i in dynamic)
+    logits = model(torch.randn(1, 3, 20, 28))  # a 5 x 7 token grid, batch 1
+    assert logits.shape == (1, 2)
+    logits.sum().backward()
+    for i in dynamic:
+        assert all(p.grad is not None for p in model.blocks[i].mlp.fc1.predictor.parameters())
+
+
 def test_peak_memory_sees_an_allocation():
     with PeakMemory("cpu") as memory:
         block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
