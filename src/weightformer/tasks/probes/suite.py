@@ -32,7 +32,8 @@ from .models import DEFAULT_SIZES, build_probe_model
 from .published import NO_DISTANCE
 from .task import ProbeConfig, train_probe
 
-__all__ = ["SuiteConfig", "run_suite", "format_table", "summarise", "plot_suite", "PeakMemory", "DEFAULT_MODELS"]
+__all__ = ["SuiteConfig", "run_suite", "model_cost", "format_table", "summarise", "plot_suite", "PeakMemory",
+           "DEFAULT_MODELS"]
 
 DEFAULT_MODELS = ["static", "weightformer", "weightformer:linear=query_pool,conv=query_pool", "vit"]
 
@@ -213,8 +214,24 @@ def run_suite(cfg: SuiteConfig, log: Callable[[str], None] = print) -> dict[str,
             for future in as_completed([pool.submit(run_one, key, cfg) for key in todo]):
                 record(future.result())
     results["summary"] = summarise(rows)
+    results["cost"] = {spec: model_cost(spec, cfg.sizes, cfg.resolutions) for spec in cfg.models}
     json_path.write_text(json.dumps(results, indent=2))
     return results
+
+
+COST_RESOLUTIONS = (224, 1024)  # the cost of each spec's network at ImageNet size and at a high resolution
+
+
+def model_cost(spec: str, sizes: dict[str, Any], resolutions: list[int]) -> dict[str, int]:
+    """MACs per image of the network `spec` names (the suite's sizes: same width, depth and patch) at each probe
+    resolution and at `COST_RESOLUTIONS`, counted on the meta device (attention's N² terms included)."""
+    from ...analysis.flops import count_macs
+
+    cost = {}
+    for resolution in sorted({*resolutions, *COST_RESOLUTIONS}):
+        model = build_probe_model(spec, num_classes=2, img_size=resolution, defaults=sizes)
+        cost[str(resolution)] = count_macs(model, (3, resolution, resolution)).total
+    return cost
 
 
 #################################################################################
@@ -247,8 +264,9 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def format_table(results: dict[str, Any]) -> str:
     """A Markdown table of the summary, grouped by task, resolution and distance."""
-    lines = ["| task | res | dist | model | params | accuracy % | per seed | train img/s | peak MiB |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    cost = results.get("cost", {})
+    lines = ["| task | res | dist | model | params | accuracy % | per seed | train img/s | peak MiB | "
+             "GMACs 224² | GMACs 1024² |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     order = {m: i for i, m in enumerate(results.get("config", {}).get("models", []))}  # the command's order
     for row in sorted(results["summary"], key=lambda r: (r["task"], r["resolution"], r["distance"],
                                                           order.get(r["model"], len(order)), r["model"])):
@@ -257,7 +275,9 @@ def format_table(results: dict[str, Any]) -> str:
         memory = f"{row['peak_memory_mb']:.0f}" if row["peak_memory_mb"] is not None else "n/a"
         lines.append(f"| {row['task']} | {row['resolution']} | {row['distance']:g} | `{row['model']}` | "
                      f"{row['params'] / 1e3:.0f} k | {row['accuracy_mean']:.1f}{sd} | {seeds} | "
-                     f"{row['train_images_per_second']:.0f} | {memory} |")
+                     f"{row['train_images_per_second']:.0f} | {memory} | "
+                     + " | ".join(f"{cost[row['model']][str(r)] / 1e9:.2f}" if str(r) in cost.get(row["model"], {})
+                                  else "n/a" for r in COST_RESOLUTIONS) + " |")
     return "\n".join(lines)
 
 
