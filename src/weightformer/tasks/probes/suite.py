@@ -273,7 +273,8 @@ def format_table(results: dict[str, Any]) -> str:
         sd = f" ± {row['accuracy_sd']:.1f}" if row["accuracy_sd"] is not None else ""
         seeds = ", ".join(f"{a:.1f}" for a in row["accuracy_per_seed"])
         memory = f"{row['peak_memory_mb']:.0f}" if row["peak_memory_mb"] is not None else "n/a"
-        lines.append(f"| {row['task']} | {row['resolution']} | {row['distance']:g} | `{row['model']}` | "
+        distance = "–" if row["task"] in NO_DISTANCE else f"{row['distance']:g}"
+        lines.append(f"| {row['task']} | {row['resolution']} | {distance} | `{row['model']}` | "
                      f"{row['params'] / 1e3:.0f} k | {row['accuracy_mean']:.1f}{sd} | {seeds} | "
                      f"{row['train_images_per_second']:.0f} | {memory} | "
                      + " | ".join(f"{cost[row['model']][str(r)] / 1e9:.2f}" if str(r) in cost.get(row["model"], {})
