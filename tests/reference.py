@@ -107,6 +107,77 @@ def dynamic_linear_ref(grid: torch.Tensor, w0_cd: torch.Tensor, bias: torch.Tens
     return torch.einsum("bhwc,bcd->bhwd", grid, w0_cd + delta_cd) + bias
 
 
+def agent_output_ref(
+    grid: torch.Tensor,
+    agent_queries: torch.Tensor,
+    w_q: torch.Tensor,
+    w_k: torch.Tensor,
+    w_v: torch.Tensor,
+    w_o: torch.Tensor,
+) -> torch.Tensor:
+    """The "agent" predictor's additive term f(x) (B, H, W, D), token by token and agent by agent.
+
+        z_k = sum_n exp(x_n . q_k) x_n / sum_m exp(x_m . q_k)
+        f_n = sum_k exp(s_nk) (z_k W_v W_o) / sum_j exp(s_nj),   s_nk = (x_n W_q) . (z_k W_k) / sqrt(d)
+
+    q: (K, C); W_q, W_k, W_v: (C, d) input-major; W_o: (d, D)."""
+    batch, height, width, channels = grid.shape
+    num_agents, dim = agent_queries.shape[0], w_q.shape[1]
+    positions = [(i, j) for i in range(height) for j in range(width)]
+    out = torch.zeros(batch, height, width, w_o.shape[1], dtype=grid.dtype)
+    for b in range(batch):
+        agents = []
+        for k in range(num_agents):
+            scores = torch.stack([torch.dot(grid[b, i, j], agent_queries[k]) for i, j in positions])
+            weights = torch.exp(scores - scores.max())
+            weights = weights / weights.sum()
+            agents.append(sum(w * grid[b, i, j] for w, (i, j) in zip(weights, positions, strict=True)))
+        keys = [torch.einsum("c,cd->d", z, w_k) for z in agents]
+        values = [torch.einsum("c,ce,ef->f", z, w_v, w_o) for z in agents]
+        for i, j in positions:
+            query = torch.einsum("c,cd->d", grid[b, i, j], w_q)
+            scores = torch.stack([torch.dot(query, key) / math.sqrt(dim) for key in keys])
+            weights = torch.exp(scores - scores.max())
+            weights = weights / weights.sum()
+            out[b, i, j] = sum(w * v for w, v in zip(weights, values, strict=True))
+    return out
+
+
+def focused_map_ref(x: torch.Tensor, p: float = 3.0) -> torch.Tensor:
+    """FLatten's focused map over the last dimension, ||r|| r^p / ||r^p|| with r = ReLU(x), and 0 where r = 0."""
+    r = x.clamp_min(0)
+    rp = r**p
+    rp_norm = rp.pow(2).sum(dim=-1, keepdim=True).sqrt()
+    r_norm = r.pow(2).sum(dim=-1, keepdim=True).sqrt()
+    return torch.where(rp_norm > 0, r_norm * rp / torch.where(rp_norm > 0, rp_norm, 1.0), 0.0)
+
+
+def normalized_output_ref(
+    grid: torch.Tensor,
+    w_q: torch.Tensor,
+    w_k: torch.Tensor,
+    value_weight_oc: torch.Tensor,
+    value_bias: torch.Tensor,
+    w2: torch.Tensor,
+    p: float = 3.0,
+    eps: float = 1e-6,
+) -> torch.Tensor:
+    """The "normalized" predictor's additive term f(x) (B, H, W, D) over all N tokens, with explicit indices:
+
+        f_n = sum_m (q_n . k_m) v_m / (sum_m q_n . k_m + eps),   q = phi(x W_q), k = phi(x W_k),
+        v = SiLU(x A^T + a) W2
+
+    W_q, W_k: (C, d) input-major; A: (D_r, C) as nn.Linear stores it; W2: (D_r, D)."""
+    batch, height, width, channels = grid.shape
+    tokens = grid.reshape(batch, height * width, channels)
+    q = focused_map_ref(torch.einsum("bnc,cd->bnd", tokens, w_q), p)
+    k = focused_map_ref(torch.einsum("bmc,cd->bmd", tokens, w_k), p)
+    v = torch.einsum("bms,sf->bmf", F.silu(torch.einsum("bmc,sc->bms", tokens, value_weight_oc) + value_bias), w2)
+    match = torch.einsum("bnd,bmd->bnm", q, k)  # (B, N, N): the quadratic form, for reference only
+    out = torch.einsum("bnm,bmf->bnf", match, v) / (match.sum(dim=-1, keepdim=True) + eps)
+    return out.reshape(batch, height, width, -1)
+
+
 def depthwise_conv_ref(grid: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """'same' zero-padded depthwise conv as a sum of shifted products.
 

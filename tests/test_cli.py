@@ -47,6 +47,18 @@ def test_summary_prints_tables(capsys):
     assert "deit_small_patch16_224" in out
 
 
+def test_summary_counts_the_chosen_linear_predictor(capsys):
+    costs = {}
+    for predictor in ("bilateral", "agent"):
+        argv = ["summary", "weightformer_tiny", "--linear-predictor", predictor, "--resolutions", "224", "--json"]
+        assert main(argv) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["linear_predictor"] == predictor
+        costs[predictor] = out["gmacs"], out["scaling"]["rows"][0]["weightformer_gmacs"]
+    assert costs["agent"][0] < costs["bilateral"][0]  # fewer MACs (benchmarks/PROBES.md has the table)
+    assert costs["agent"][1] == pytest.approx(costs["agent"][0], rel=1e-6)  # the scaling table counts it too
+
+
 def test_summary_rejects_bad_sizes_with_a_message(capsys):
     assert main(["summary", "weightformer_tiny", "--img-size", "225"]) == 2
     assert "multiples of the patch size 16" in capsys.readouterr().err

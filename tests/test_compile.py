@@ -12,15 +12,34 @@ from train_helpers import tiny_config, tiny_dataset
 from weightformer.tasks.classification import train
 
 
-@pytest.mark.parametrize("dynamic_blocks", ["sparse", "all"])
-def test_the_model_compiles_to_one_graph_in_training_mode(dynamic_blocks):
+@pytest.mark.parametrize("dynamic_blocks,linear_predictor",
+                         [("sparse", "bilateral"), ("all", "bilateral"), ("all", "agent"), ("all", "normalized")])
+def test_the_model_compiles_to_one_graph_in_training_mode(dynamic_blocks, linear_predictor):
     torch.manual_seed(0)
     model = weightformer.create_model("weightformer_tiny", num_classes=9, embed_dim=16, depth=3, patch_size=4,
-                                      img_size=16, drop_path_rate=0.1, dynamic_blocks=dynamic_blocks).train()
+                                      img_size=16, drop_path_rate=0.1, dynamic_blocks=dynamic_blocks,
+                                      linear_predictor=linear_predictor).train()
     torch._dynamo.reset()
     explanation = torch._dynamo.explain(model)(torch.randn(4, 3, 16, 20))
     assert explanation.graph_break_count == 0, explanation.break_reasons
     assert explanation.graph_count == 1
+
+
+@pytest.mark.parametrize("linear_predictor", ["agent", "normalized"])
+def test_compiled_output_predictors_give_the_eager_outputs_and_gradients(linear_predictor):
+    # AOTAutograd (forward and backward traced as inductor would) at an odd token grid, batch 1.
+    torch.manual_seed(0)
+    model = weightformer.create_model("weightformer_tiny", num_classes=9, embed_dim=16, depth=2, patch_size=4,
+                                      img_size=20, dynamic_blocks="all", linear_predictor=linear_predictor)
+    images = torch.randn(1, 3, 20, 28)  # a 5 x 7 token grid
+    eager = model(images)
+    eager_grads = torch.autograd.grad(eager.square().sum(), list(model.parameters()))
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)(images)
+    compiled_grads = torch.autograd.grad(compiled.square().sum(), list(model.parameters()))
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
+    for g, g_eager in zip(compiled_grads, eager_grads, strict=True):
+        torch.testing.assert_close(g, g_eager, rtol=1e-4, atol=1e-6)
 
 
 def _losses(run_dir):

@@ -46,6 +46,18 @@ def test_our_models_round_trip_through_a_hub_folder(tmp_path):
             torch.testing.assert_close(loaded(images), expected, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("predictor", ["agent", "normalized"])
+def test_models_with_the_output_predictors_round_trip_too(tmp_path, predictor):
+    torch.manual_seed(0)
+    model = create_model("weightformer_tiny", num_classes=3, embed_dim=16, depth=3, patch_size=4, img_size=32,
+                         linear_predictor=predictor).eval()
+    folder = save_pretrained(model, tmp_path / "wfm")
+    assert json.loads((folder / "config.json").read_text())["model_args"]["linear_predictor"] == predictor
+    images = _images(20, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(from_pretrained(folder).eval()(images), model(images), rtol=0, atol=0)
+
+
 def test_a_model_built_without_the_registry_saves_too(tmp_path):
     torch.manual_seed(1)
     model = WeightFormer(embed_dim=32, depth=4, num_classes=3, img_size=64).eval()

@@ -11,11 +11,13 @@ import torch.nn.functional as F
 from reference import (
     adaptive_kernel_update_ref,
     adaptive_pool_ref,
+    agent_output_ref,
     bound_columns,
     bound_kernel,
     depthwise_conv_ref,
     dynamic_linear_ref,
     gelu_ref,
+    normalized_output_ref,
     outer_product_update_ref,
     pool_2x2_ref,
     softmax_pool_ref,
@@ -29,6 +31,8 @@ from weightformer.layers import (
     attention_as_dynamic_mlp,
     attention_mlp_weights,
 )
+from weightformer.layers.common import softmax_pool
+from weightformer.layers.dynamic_linear import focused_map
 
 ODD_GRIDS = [(7, 5), (3, 9), (6, 4), (5, 5)]
 
@@ -54,7 +58,7 @@ LINEAR_REF_FLAGS = {
 }
 
 
-@pytest.mark.parametrize("predictor", sorted(LINEAR_PREDICTORS))
+@pytest.mark.parametrize("predictor", sorted(LINEAR_REF_FLAGS))
 @pytest.mark.parametrize("grid", ODD_GRIDS)
 def test_dynamic_linear_matches_float64_reference(predictor, grid):
     torch.manual_seed(0)
@@ -76,6 +80,146 @@ def test_dynamic_linear_matches_float64_reference(predictor, grid):
     )
     expected = dynamic_linear_ref(x, layer.weight.t(), layer.bias, delta)
     torch.testing.assert_close(layer(x), expected, rtol=1e-10, atol=1e-12)
+
+
+# The predictors that return an additive output term f(x) instead of a weight update (`predicts_output`).
+OUTPUT_PREDICTORS = ["agent", "normalized"]
+
+
+def test_every_linear_predictor_has_a_float64_reference():
+    assert set(LINEAR_PREDICTORS) == set(LINEAR_REF_FLAGS) | set(OUTPUT_PREDICTORS)
+    for name in LINEAR_PREDICTORS:
+        assert DynamicLinear(8, 16, predictor=name).predicts_output == (name in OUTPUT_PREDICTORS)
+
+
+def _output_term_ref(layer: DynamicLinear, x: torch.Tensor) -> torch.Tensor:
+    """f(x) (B, H, W, D) of an output predictor, from tests/reference.py (weights passed input-major)."""
+    pred = layer.predictor
+    if layer.predictor_name == "agent":
+        return agent_output_ref(x, pred.agent_queries, pred.query_proj.weight.t(), pred.key_proj.weight.t(),
+                                pred.value_proj.weight.t(), pred.output_basis)
+    return normalized_output_ref(x, pred.query_proj.weight.t(), pred.key_proj.weight.t(), pred.value_proj.weight,
+                                 pred.value_proj.bias, pred.output_basis, p=pred.focusing, eps=pred.eps)
+
+
+@pytest.mark.parametrize("predictor", OUTPUT_PREDICTORS)
+@pytest.mark.parametrize("batch,grid", [(2, (5, 7)), (1, (3, 9)), (2, (1, 1)), (1, (6, 4))])
+def test_output_predictors_match_float64_reference_forward_and_gradients(predictor, batch, grid):
+    torch.manual_seed(0)
+    c, d = 12, 20
+    layer = DynamicLinear(c, d, predictor=predictor).double()
+    _randomise(layer)
+    x = torch.randn(batch, *grid, c, dtype=torch.float64, requires_grad=True)
+    got = layer(x)
+    expected = torch.einsum("bhwc,dc->bhwd", x, layer.weight) + layer.bias + _output_term_ref(layer, x)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+    # The gradients of the layer (autograd through its code) against those of the reference formula.
+    probe = torch.randn_like(got)
+    inputs = [x, *layer.parameters()]
+    grads = torch.autograd.grad((got * probe).sum(), inputs)
+    grads_ref = torch.autograd.grad((expected * probe).sum(), inputs)
+    for g, g_ref in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(g, g_ref, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("predictor", OUTPUT_PREDICTORS)
+def test_output_predictors_pass_gradcheck(predictor):
+    torch.manual_seed(1)
+    layer = DynamicLinear(8, 8, predictor=predictor).double()
+    _randomise(layer)
+    x = torch.randn(1, 3, 5, 8, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(layer, (x,))
+
+
+def test_focused_map_is_non_negative_keeps_the_norm_and_is_zero_off_the_positive_orthant():
+    x = torch.tensor([[1.0, -2.0, 3.0], [-1.0, -0.5, 0.0], [1e-20, 0.0, 2e-20]], dtype=torch.float64)
+    phi = focused_map(x)
+    r = x.clamp_min(0)
+    torch.testing.assert_close(phi.norm(dim=-1), r.norm(dim=-1))  # the length of ReLU(x), kept
+    torch.testing.assert_close(phi[0], r[0].norm() * r[0] ** 3 / (r[0] ** 3).norm())
+    assert (phi[1] == 0).all() and (phi >= 0).all()
+    # Tiny inputs: r^3 ~ 1e-60 underflows in float32, the map (computed on r / max r) does not.
+    torch.testing.assert_close(focused_map(x.float()), phi.float(), rtol=1e-5, atol=0)
+    assert phi[2, 2] > phi[2, 0] > 0
+
+
+def test_agent_summary_sits_on_one_token_whatever_the_token_count():
+    # One token scoring high for every agent query takes every agent, so every token's output term is that token's
+    # value, however many other tokens there are; through an average (the release's statistics) it would fade as 1/N.
+    torch.manual_seed(2)
+    c = 8
+    layer = DynamicLinear(c, 16, predictor="agent")
+    _randomise(layer)
+    pred = layer.predictor
+    with torch.no_grad():
+        pred.agent_queries.zero_()
+        pred.agent_queries[:, 0] = 4.0
+    special = torch.randn(c) * 0.3
+    special[0] = 5.0  # scores 20 against about N(0, 1.2) for the others: it dominates even among 1024
+    special_value = pred.value_proj(special) @ pred.output_basis  # (D,)
+    for side in (4, 32):
+        x = torch.randn(1, side, side, c) * 0.3
+        x[0, side // 2, 1] = special
+        term = pred(x)  # (1, side, side, D)
+        torch.testing.assert_close(term, special_value.expand_as(term), atol=1e-4, rtol=1e-3)
+        mean_value = pred.value_proj(x.mean(dim=(1, 2))) @ pred.output_basis  # the average's value, diluted
+        assert (mean_value - special_value).norm() > 0.1 * special_value.norm()
+
+
+def test_agent_read_out_is_a_softmax_per_token_over_the_agents():
+    # A token whose query matches one agent's key far better than the others' reads that agent alone; a token
+    # with no query reads the plain mean of the agents' values.
+    torch.manual_seed(3)
+    c = 32  # d = 8 = K: the agents' keys are a basis, a query can match one of them and no other
+    layer = DynamicLinear(c, 16, predictor="agent").double()
+    _randomise(layer)
+    pred = layer.predictor
+    x = torch.randn(1, 3, 5, c, dtype=torch.float64)
+    x[0, 1, 2] = F.one_hot(torch.tensor(0), c).double()  # its query is W_q's row for channel 0
+    x[0, 0, 0] = 0.0  # no query
+    agents = softmax_pool(x, pred.agent_queries)  # (1, K, C)
+    keys = pred.key_proj(agents)[0]  # (K, d)
+    values = pred.value_proj(agents)[0] @ pred.output_basis  # (K, D)
+    target = torch.zeros(8, dtype=torch.float64)
+    target[2] = 40.0 / pred.scale  # a score of 40 for agent 2, 0 for the others
+    with torch.no_grad():
+        pred.query_proj.weight[:, 0] = torch.linalg.solve(keys, target)
+    term = pred(x)  # (1, 3, 5, D)
+    torch.testing.assert_close(term[0, 1, 2], values[2], atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(term[0, 0, 0], values.mean(dim=0), atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("side", [5, 16])
+def test_normalized_term_is_unchanged_by_background_tokens_where_the_release_update_shrinks(side):
+    # Zero tokens have zero key features (the projections have no bias): they add nothing to either sum of the
+    # per-token normalised term. The release's update is divided by N, so padding the image with them dilutes it.
+    torch.manual_seed(4)
+    c, d = 12, 20
+    normalized = DynamicLinear(c, d, predictor="normalized").double()
+    release = DynamicLinear(c, d, predictor="bilateral").double()
+    _randomise(normalized)
+    _randomise(release)
+    with torch.no_grad():
+        release.predictor.proj.bias.zero_()  # a zero token's factors are then zero too: pure dilution
+    x = torch.randn(2, 3, 5, c, dtype=torch.float64)
+    padded = torch.zeros(2, side, side + 2, c, dtype=torch.float64)
+    padded[:, 1:4, 2:7] = x  # the same tokens among background tokens
+    torch.testing.assert_close(normalized(padded)[:, 1:4, 2:7], normalized(x), rtol=1e-12, atol=1e-12)
+    small, large = release.predictor(x), release.predictor(padded)  # (B, D, C)
+    assert (large.norm() / small.norm()) < 0.6
+
+
+@pytest.mark.parametrize("predictor", OUTPUT_PREDICTORS)
+def test_output_predictors_start_close_to_the_static_layer(predictor):
+    # Their projections start small (std 0.02, as the release's factors): the predicted term is a few percent of
+    # x W0 on LayerNorm-ed tokens, and already depends on the whole input.
+    torch.manual_seed(5)
+    layer = DynamicLinear(96, 384, predictor=predictor)
+    x = F.layer_norm(torch.randn(2, 7, 9, 96), (96,))
+    term = layer.predictor(x)
+    static = F.linear(x, layer.weight)
+    assert 0 < term.norm() < 0.1 * static.norm()
+
 
 
 def test_dynamic_linear_update_is_column_bounded_and_input_dependent():

@@ -189,6 +189,19 @@ def test_model_specs_build_the_named_networks_with_shared_sizes():
             build_probe_model(spec, 2, 32)
 
 
+@pytest.mark.parametrize("predictor", ["agent", "normalized"])
+@pytest.mark.parametrize("placement,dynamic", [("", (1,)), (",dynamic=all", (0, 1, 2))])
+def test_model_specs_select_the_output_predictors_and_train_at_an_odd_grid(predictor, placement, dynamic):
+    model = build_probe_model(f"weightformer:linear={predictor}{placement}", 2, 20, defaults=dict(width=16, depth=3))
+    assert model.dynamic_indices == dynamic
+    assert all(model.blocks[i].mlp.fc1.predictor_name == predictor for i in dynamic)
+    logits = model(torch.randn(1, 3, 20, 28))  # a 5 x 7 token grid, batch 1
+    assert logits.shape == (1, 2)
+    logits.sum().backward()
+    for i in dynamic:
+        assert all(p.grad is not None for p in model.blocks[i].mlp.fc1.predictor.parameters())
+
+
 def test_peak_memory_sees_an_allocation():
     with PeakMemory("cpu") as memory:
         block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
@@ -221,6 +234,10 @@ def test_tiny_suite_writes_json_table_and_plot(tmp_path, capsys):
     assert rows["static"]["params"] < rows["weightformer:linear=query_pool"]["params"]
     assert results["static_receptive_field_px"] == 4 * (1 + 2 * 2)
     assert format_table(results) in printed and "`weightformer:linear=query_pool`" in printed
+    # Cost per image at the probe size and at 224² / 1024², for every spec: static's grows with the pixels.
+    static_cost = results["cost"]["static"]
+    assert set(static_cost) == {"32", "224", "1024"}
+    assert static_cost["224"] / static_cost["32"] == pytest.approx((224 / 32) ** 2, rel=0.02)
     # Resuming with one more seed trains only the new runs.
     cfg = SuiteConfig(models=["static"], seeds=[0, 2], resolutions=[32], steps=2, batch_size=4, val_images=6,
                       sizes=dict(width=16, depth=2, patch=4), jobs=0, out=str(out), resume=True)
@@ -234,3 +251,18 @@ def test_probe_cli_errors_are_one_line(tmp_path, capsys):
     (tmp_path / "file").write_text("")
     assert main(["probe", "-o", str(tmp_path / "file")]) == 2
     assert "is a file" in capsys.readouterr().err
+
+
+def test_model_cost_is_linear_in_pixels_for_weightformer_and_quadratic_terms_for_vit():
+    from weightformer.tasks.probes.suite import model_cost
+
+    sizes = dict(width=16, depth=2, patch=4)
+    agent = model_cost("weightformer:linear=agent,dynamic=all", sizes, [32])
+    vit = model_cost("vit:heads=2", sizes, [32])
+    pixels = (1024 / 224) ** 2
+    assert agent["1024"] / agent["224"] == pytest.approx(pixels, rel=0.02)
+    # ViT: attention's N² terms (QK^T and AV: 2 N² C MACs per block) make it grow faster than the pixels.
+    tokens = {r: (r // 4) ** 2 for r in (224, 1024)}
+    attention = {r: 2 * 2 * tokens[r] ** 2 * 16 for r in tokens}  # depth 2
+    linear_part = {r: vit[str(r)] - attention[r] for r in tokens}
+    assert linear_part[1024] / linear_part[224] == pytest.approx(pixels, rel=0.05)

@@ -41,3 +41,31 @@ def test_timm_transform_from_pretrained_cfg_equals_the_release_transform(name, s
     # A transform that keeps the aspect ratio (timm's default "center") sees a different crop of this image.
     keep_aspect = timm.data.create_transform(**{**config, "crop_mode": "center"})
     assert not torch.allclose(keep_aspect(image), expected)
+
+
+@pytest.mark.parametrize("auto_augment", ["rand-m9-mstd0.5-inc1", "original"])
+def test_training_posterize_at_zero_bits_gives_black_instead_of_raising(auto_augment):
+    """The recipes' RandAugment reaches 0 posterize bits at magnitudes >= ~9.5; Pillow 13 refuses 0 bits."""
+    from timm.data.auto_augment import AugmentOp
+
+    from weightformer.tasks.classification.config import ClassificationConfig
+    from weightformer.tasks.classification.data import train_transform
+
+    transform = train_transform(ClassificationConfig(img_size=32, auto_augment=auto_augment))
+    found = []
+
+    def collect(t):
+        for inner in getattr(t, "transforms", None) or []:
+            ops = getattr(inner, "ops", None) or [op for sub in getattr(inner, "policy", []) for op in sub]
+            found.extend(op for op in ops if isinstance(op, AugmentOp) and "Posterize" in op.name)
+            collect(inner)
+
+    collect(transform)
+    assert found, "no posterize op in the recipe's transform"
+    op = found[0]
+    image = _image(20, 24)
+    zero_bits = (0,)
+    assert op.aug_fn(image, *zero_bits).getextrema() == ((0, 0),) * 3  # Pillow < 13's result: every bit masked
+    four = op.aug_fn(image, 4)
+    assert np.array_equal(np.asarray(four), np.asarray(image) & 0xF0)
+    assert op.aug_fn(image, 8) is image

@@ -7,6 +7,7 @@ import json
 import torch
 
 from ..analysis.summary import as_dicts, format_table, layer_costs, model_rows, scaling_rows
+from ..layers import LINEAR_PREDICTORS
 from ..models import create_model, list_models
 
 DEFAULT_RESOLUTIONS = [224, 448, 672, 896, 1248, 1536]
@@ -26,6 +27,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     summary.add_argument(
         "--resolutions", type=int, nargs="+", default=DEFAULT_RESOLUTIONS, help="square sizes for the scaling table"
+    )
+    summary.add_argument(
+        "--linear-predictor", choices=sorted(LINEAR_PREDICTORS), metavar="NAME",
+        help="predictor of the dynamic MLP layers, one of " + ", ".join(sorted(LINEAR_PREDICTORS))
+        + " (default: the model's, bilateral); not used by --dense",
     )
     summary.add_argument(
         "--dense", action="store_true",
@@ -59,8 +65,9 @@ def run_models(args: argparse.Namespace) -> int:
 def run_summary(args: argparse.Namespace) -> int:
     if args.dense:
         return run_dense_summary(args)
+    options = {} if args.linear_predictor is None else dict(linear_predictor=args.linear_predictor)
     with torch.device("meta"):  # sizes and costs need no memory
-        model = create_model(args.name)
+        model = create_model(args.name, **options)
     if args.img_size is None:
         img_size = model.img_size
     elif len(args.img_size) in (1, 2):
@@ -69,7 +76,8 @@ def run_summary(args: argparse.Namespace) -> int:
         raise ValueError(f"--img-size takes H or H W, got {len(args.img_size)} numbers.")
     model.check_input(torch.empty(1, model.in_chans, *img_size, device="meta"))
     layers = layer_costs(model, img_size)
-    deit_name, scaling = scaling_rows(args.name, args.resolutions)
+    deit_name, scaling = scaling_rows(args.name, args.resolutions, **options)
+    predictor = next((block.mlp.fc1.predictor_name for block in model.blocks if block.dynamic), None)
     total_params = sum(r.params for r in layers)
     total_gmacs = sum(r.gmacs for r in layers)
     if args.json:
@@ -77,6 +85,7 @@ def run_summary(args: argparse.Namespace) -> int:
             dict(
                 name=args.name,
                 img_size=list(img_size),
+                linear_predictor=predictor,
                 params=total_params,
                 gmacs=total_gmacs,
                 layers=as_dicts(layers),
@@ -87,7 +96,8 @@ def run_summary(args: argparse.Namespace) -> int:
         return 0
     grid = (img_size[0] // model.patch_size, img_size[1] // model.patch_size)
     print(f"{args.name} at {img_size[0]}x{img_size[1]}: token grid {grid[0]}x{grid[1]}, width {model.embed_dim}, "
-          f"{len(model.blocks)} blocks ({len(model.dynamic_indices)} dynamic: {list(model.dynamic_indices)})")
+          f"{len(model.blocks)} blocks ({len(model.dynamic_indices)} dynamic: {list(model.dynamic_indices)}, "
+          f"linear predictor {predictor})")
     print(f"parameters {total_params / 1e6:.2f} M, {total_gmacs:.3f} GMACs\n")
     rows = [
         [r.layer, r.kind, f"{r.params / 1e6:.3f}", f"{r.gmacs:.4f}", f"{100 * r.gmacs / total_gmacs:.1f}%"]

@@ -1,12 +1,15 @@
 """Dynamic linear layer: y = X (W0 + dW(X)) + b, with dW predicted from compressed global statistics.
 
+(Or y = X W0 + b + f(X) for the predictors that are not one weight per sample, see the end of this docstring.)
+
 WeightFormer (He, Han, Huang, "Linear-Time Global Visual Modeling without Explicit Attention", 2026) reads
 softmax attention as an MLP whose weights are predicted from the input, and replaces it by layers whose weights
 are a static part plus an update predicted from length-independent statistics of the whole input. Every step
 here is linear in the number of tokens N = H*W, yet every output token depends on every input token.
 
-All predictors share one form: tokens are pooled, each pooled token x_p gives an input-side factor
-phi_in(x_p) (C) and an output-side factor phi_out(x_p) (D), and the update is the sum of their outer products,
+The paper's predictors, and the first two of ours, share one form: tokens are pooled, each pooled token x_p
+gives an input-side factor phi_in(x_p) (C) and an output-side factor phi_out(x_p) (D), and the update is the sum
+of their outer products,
 
     dW = sum_p phi_in(x_p)^T phi_out(x_p) * C^(-1/2) / N          (C x D, stored here transposed, D x C)
 
@@ -20,6 +23,31 @@ query's scores, see `softmax_pool`, plus the mean; P = K + 1 summaries) and "mea
 and max over the tokens; P = 2). Both divide by the number of summaries P instead of N:
 
     dW = sum_p phi_in(z_p)^T phi_out(z_p) * C^(-1/2) / P
+
+Read as attention, the outer-product form is y_n = x_n W0 + sum_p (x_n . phi_in(x_p)) phi_out(x_p) / N:
+unnormalised linear attention (query x_n, key phi_in, value phi_out) divided by the token count. What softmax
+attention has and this lacks is a normaliser per query, which lets one token's output rest on a few others.
+Two more predictors of ours add it, still linear in N. They are not of the form x (W0 + dW) with one dW per
+sample: they return an additive output term, y = x W0 + b + f(x) (`predicts_output`), and `DynamicLinear`
+dispatches on that.
+
+- "agent" (Agent Attention, Han et al., ECCV 2024; the induced set attention block of the Set Transformer,
+  Lee et al., ICML 2019): K agents summarise the tokens with a softmax over the N positions each, and every
+  token reads them through a softmax over the K agents, its own:
+
+      z_k = sum_n softmax_n(x_n . q_k) x_n                                  (B, K, C)
+      y_n = x_n W0 + b + sum_k softmax_k(x_n W_q . z_k W_k / sqrt(d)) z_k W_v W_o
+
+  a K-unit MLP per sample whose hidden layer has a softmax per token: "attention is a dynamic MLP" with K
+  hidden units instead of N. Cost O(N K C + N C d + N K D).
+- "normalized" (FLatten Transformer's focused linear attention, Han et al., ICCV 2023; MLLA, Han et al.,
+  NeurIPS 2024): the outer-product sum with a per-token normaliser in place of 1/N and non-negative, focused
+  features phi (`focused_map`) that can be exactly zero on background tokens,
+
+      y_n = x_n W0 + b + q_n (sum_p k_p^T v_p) / (q_n . sum_p k_p + eps)
+      q_n = phi(x_n W_q),  k_p = phi(x_p W_k),  v_p = SiLU(x_p A + a) W2    (the release's output factor)
+
+  each token's term a convex combination of the values v_p. Cost O(N C d + N C D_r + N d D).
 """
 
 from __future__ import annotations
@@ -36,7 +64,15 @@ from torch.profiler import record_function
 from .. import kernels
 from .common import bound_update, check_grid, pool_2x2, softmax_pool
 
-__all__ = ["DynamicLinear", "OuterProductPredictor", "LINEAR_PREDICTORS", "PREDICTOR_RANGE"]
+__all__ = [
+    "DynamicLinear",
+    "OuterProductPredictor",
+    "AgentPredictor",
+    "NormalizedOuterProductPredictor",
+    "LINEAR_PREDICTORS",
+    "focused_map",
+    "PREDICTOR_RANGE",
+]
 
 # The torch.profiler range around the predictors' work on the fast path (read by `weightformer profile`).
 PREDICTOR_RANGE = "weightformer::predictor"
@@ -73,6 +109,8 @@ class OuterProductPredictor(nn.Module):
             (the reference code's pooling, which drops them; equal on even grids). See `pool_2x2`.
         num_queries: K, the learned queries of the "query" statistics.
     """
+
+    predicts_output = False  # a weight update dW (B, D, C); see `DynamicLinear`
 
     def __init__(
         self,
@@ -171,6 +209,175 @@ class OuterProductPredictor(nn.Module):
         return q.transpose(1, 2) @ p  # (B, D, C)
 
 
+def focused_map(x: torch.Tensor, focusing: float = 3.0) -> torch.Tensor:
+    """FLatten Transformer's focused feature map over the last dimension: non-negative, norm kept, sharpened.
+
+        phi(x) = ||r|| * r^p / ||r^p||,   r = ReLU(x),   phi(x) = 0 where r = 0
+
+    The power p > 1 pulls r^p towards its largest components (a softmax-like focus), the two norms keep the
+    length of r. Computed on s = r / max(r), which leaves phi unchanged: s^p neither underflows nor overflows in
+    low precision, and ||s^p|| >= 1 unless r = 0, so clamping it at 1 only turns 0 / 0 into 0.
+    """
+    r = F.relu(x)
+    top = r.amax(dim=-1, keepdim=True).clamp_min(torch.finfo(r.dtype).tiny)
+    s = (r / top).pow(focusing)
+    length = torch.linalg.vector_norm(r, dim=-1, keepdim=True)  # ||r||
+    return s * (length / torch.linalg.vector_norm(s, dim=-1, keepdim=True).clamp_min(1.0))
+
+
+class AgentPredictor(nn.Module):
+    """Predicts an additive output (B, H, W, D): K agent summaries of the tokens, read by each token with a softmax.
+
+    With inner width d = C / r and K learned agent queries q_k (C),
+
+        z_k = sum_n softmax_n(x_n . q_k) x_n                       agents, softmax over the N tokens (`softmax_pool`)
+        f(x)_n = sum_k softmax_k(x_n W_q . z_k W_k / sqrt(d)) z_k W_v W_o      softmax over the K agents, per token
+
+    W_q, W_k, W_v: (C, d), W_o: (d, D). Agent Attention's two softmaxes (Han et al., 2024) with the Set
+    Transformer's learned inducing points as agents (ISAB, Lee et al., 2019); neither softmax is diluted by N:
+    one token can take an agent whatever N is, and each token picks its own mix of agents. Agent Attention scores
+    tokens as (x_n W_k) . q_k; that is x_n . (W_k q_k), one learned vector per agent, which is what q_k is here
+    (and the summaries are projected after pooling, K rows instead of N).
+
+    K = 8: agents are hidden units of a per-sample MLP, so K sets how many separate things a layer can attend to
+    (two distant objects and their backgrounds need a few, ISAB uses 16-32 inducing points for sets) and the
+    per-token read-out costs N K D, 8 / C of the static layer's N C D (4 % at C = 192).
+    The projections start as the release's predictor factors do (truncated normal, std 0.02), not zero: at
+    initialisation the agents are near-uniform averages, every token reads their mean, and the term is a few
+    percent of x W0 on LayerNorm-ed tokens (the layer is close to the static one) while every output depends on every
+    input (a global receptive field from the start, as for the paper's predictors) and every parameter gets a
+    gradient from the first step (a zero W_o would stop the gradient to all the others).
+
+    Args:
+        in_features: C.
+        out_features: D.
+        reduction: r, the inner width d = C / r.
+        odd_grid_pooling: accepted for the interface all predictors share; the agents see every token, there is
+            no 2x2 pooling.
+        num_agents: K.
+    """
+
+    predicts_output = True  # an additive output term (B, H, W, D); see `DynamicLinear`
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        reduction: int = 4,
+        odd_grid_pooling: str = "ceil",
+        num_agents: int = 8,
+    ) -> None:
+        super().__init__()
+        if in_features % reduction:
+            raise ValueError(f"in_features ({in_features}) must be divisible by the reduction rate {reduction}.")
+        dim = in_features // reduction
+        self.in_features = in_features
+        self.out_features = out_features
+        self.ceil_mode = odd_grid_pooling == "ceil"
+        self.min_grid = 1  # no pooling: any grid
+        self.scale = dim**-0.5
+        self.agent_queries = nn.Parameter(torch.empty(num_agents, in_features))  # q_k, random: equal ones stay equal
+        self.query_proj = nn.Linear(in_features, dim, bias=False)  # W_q
+        self.key_proj = nn.Linear(in_features, dim, bias=False)  # W_k
+        # No value bias: the read-out weights sum to 1, so it would add a constant, the layer's bias b.
+        self.value_proj = nn.Linear(in_features, dim, bias=False)  # W_v
+        self.output_basis = nn.Parameter(torch.empty(dim, out_features))  # W_o
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for weight in (self.agent_queries, self.query_proj.weight, self.key_proj.weight, self.value_proj.weight):
+            trunc_normal_(weight, std=0.02)
+        trunc_normal_(self.output_basis, std=0.02)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, H, W, C) -> f(x): (B, H, W, D), the term added to x W0^T + b."""
+        agents = softmax_pool(x, self.agent_queries)  # (B, K, C)
+        keys = self.key_proj(agents)  # (B, K, d)
+        values = self.value_proj(agents) @ self.output_basis  # (B, K, D)
+        queries = self.query_proj(x.flatten(1, 2))  # (B, N, d)
+        weights = (queries @ keys.transpose(1, 2) * self.scale).softmax(dim=-1)  # (B, N, K), rows sum to 1
+        return (weights @ values).reshape(x.shape[0], x.shape[1], x.shape[2], -1)  # (B, H, W, D)
+
+
+class NormalizedOuterProductPredictor(nn.Module):
+    """Predicts an additive output (B, H, W, D): the outer-product update with a per-token normaliser.
+
+    With d = C / r, D_r = D / r and the focused feature map phi (`focused_map`, non-negative),
+
+        q_n = phi(x_n W_q),   k_p = phi(x_p W_k),   v_p = SiLU(x_p A + a) W2
+        f(x)_n = q_n (sum_p k_p^T v_p) / (q_n . sum_p k_p + eps)
+
+    W_q, W_k: (C, d); A: (C, D_r), a: (D_r,); W2: (D_r, D), the release's output factor. Where the release
+    divides the sum of outer products by N, FLatten Transformer (Han et al., 2023) and MLLA (Han et al., 2024)
+    divide by each query's total match: f(x)_n is a convex combination of the values, weighted by q_n . k_p.
+    A token whose key features are zero (background, after the ReLU) adds nothing to either sum, so adding
+    background tokens leaves every f(x)_n as it was, where the release's 1/N shrinks the update.
+
+    The statistics are all N tokens, not the release's 2x2-pooled ones (both linear in N): pooling would average
+    a one-token object with three background tokens before phi, the dilution this predictor is meant to remove,
+    and mix background into every key. Four times the pooled cost for the keys and values; the sums are taken
+    in the reduced space, d x D_r, before W2 expands them (cost O(N C d + N C D_r + N d D) in all).
+
+    The projections start as the release's factors (truncated normal, std 0.02, zero bias): the term is a
+    weighted mean of small values, the layer close to the static one with a global receptive field at once.
+
+    Args:
+        in_features: C.
+        out_features: D.
+        reduction: r; C and D must both be divisible by it.
+        odd_grid_pooling: accepted for the interface all predictors share; the statistics are not pooled.
+        focusing: FLatten's focusing power p.
+        eps: added to the normaliser (FLatten's 1e-6); a token whose query features are all zero gets f = 0.
+    """
+
+    predicts_output = True  # an additive output term (B, H, W, D); see `DynamicLinear`
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        reduction: int = 4,
+        odd_grid_pooling: str = "ceil",
+        focusing: float = 3.0,
+        eps: float = 1e-6,
+    ) -> None:
+        super().__init__()
+        if in_features % reduction or out_features % reduction:
+            raise ValueError(
+                f"in_features ({in_features}) and out_features ({out_features}) must be divisible by "
+                f"the reduction rate {reduction}."
+            )
+        dim, out_rank = in_features // reduction, out_features // reduction
+        self.in_features = in_features
+        self.out_features = out_features
+        self.ceil_mode = odd_grid_pooling == "ceil"
+        self.min_grid = 1  # no pooling: any grid
+        self.focusing = focusing
+        self.eps = eps
+        # No bias on the feature projections: a zero token has zero features, a background token adds nothing.
+        self.query_proj = nn.Linear(in_features, dim, bias=False)  # W_q
+        self.key_proj = nn.Linear(in_features, dim, bias=False)  # W_k
+        self.value_proj = nn.Linear(in_features, out_rank)  # A, a
+        self.output_basis = nn.Parameter(torch.empty(out_rank, out_features))  # W2
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for linear in (self.query_proj, self.key_proj, self.value_proj):
+            trunc_normal_(linear.weight, std=0.02)
+        nn.init.zeros_(self.value_proj.bias)
+        trunc_normal_(self.output_basis, std=0.02)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, H, W, C) -> f(x): (B, H, W, D), the term added to x W0^T + b."""
+        tokens = x.flatten(1, 2)  # (B, N, C)
+        q = focused_map(self.query_proj(tokens), self.focusing)  # (B, N, d)
+        k = focused_map(self.key_proj(tokens), self.focusing)  # (B, N, d)
+        v = F.silu(self.value_proj(tokens))  # (B, N, D_r)
+        kv = (k.transpose(1, 2) @ v) @ self.output_basis  # (B, d, D): sum_p k_p^T v_p, reduced first
+        normaliser = q @ k.sum(dim=1).unsqueeze(-1) + self.eps  # (B, N, 1): q_n . sum_p k_p
+        return ((q @ kv) / normaliser).reshape(x.shape[0], x.shape[1], x.shape[2], -1)  # (B, H, W, D)
+
+
 LINEAR_PREDICTORS = {
     # First-order statistics: one global average token gives a rank-1 update.
     "gap": partial(OuterProductPredictor, statistics="global"),
@@ -186,6 +393,10 @@ LINEAR_PREDICTORS = {
     "query_pool": partial(OuterProductPredictor, statistics="query"),
     # Ours: bilateral factors of the channel-wise mean and max over the tokens.
     "mean_max": partial(OuterProductPredictor, statistics="mean_max"),
+    # Ours, with a normaliser per token (see the module docstring): K = 8 agents, two softmaxes.
+    "agent": AgentPredictor,
+    # Ours: the outer-product sum over all tokens, focused features, divided per token instead of by N.
+    "normalized": NormalizedOuterProductPredictor,
 }
 
 
@@ -199,13 +410,20 @@ class DynamicLinear(nn.Linear):
     the output, and merging the adapter into `weight` is exact, because y = x (W0 + dW(x))^T + b is linear in W0.
     Code that swaps modules by exact type (`torch.ao.quantization.quantize_dynamic({nn.Linear})`) leaves it alone.
 
+    A predictor returns one of two things, as its `predicts_output` says: a weight update dW (B, D, C), and
+    y = x (W0 + dW)^T + b; or an additive output term f(x) (B, H, W, D) for predictors that are not one weight
+    per sample ("agent", "normalized"), and y = x W0^T + b + f(x). Both are linear in W0.
+
     Args:
         in_features: C.
         out_features: D.
         predictor: name in `LINEAR_PREDICTORS`: "gap", "linear", "nonlinear", "deep", "bilateral" (the paper's),
-            "query_pool" or "mean_max" (ours: statistics that a few tokens can dominate).
-        reduction: rank reduction r of the predictor's factors.
-        odd_grid_pooling: "ceil" or "floor" (the reference code's) 2x2 pooling of odd grids, see `pool_2x2`.
+            "query_pool" or "mean_max" (ours: statistics that a few tokens can dominate), "agent" or
+            "normalized" (ours: a normaliser per token, see the module docstring).
+        reduction: rank reduction r of the predictor's factors (the inner width C / r of "agent" and
+            "normalized").
+        odd_grid_pooling: "ceil" or "floor" (the reference code's) 2x2 pooling of odd grids, see `pool_2x2`;
+            "agent" and "normalized" do not pool.
     """
 
     def __init__(
@@ -226,6 +444,7 @@ class DynamicLinear(nn.Linear):
             in_features, out_features, reduction=reduction, odd_grid_pooling=odd_grid_pooling
         )
         self.min_grid = self.predictor.min_grid
+        self.predicts_output = self.predictor.predicts_output
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -243,6 +462,8 @@ class DynamicLinear(nn.Linear):
         if not torch.jit.is_scripting():  # tracers skip the checks too: their sizes are symbolic
             if not kernels.reference_enabled_by_tracing():
                 check_grid(x, self.in_features, self.min_grid, "DynamicLinear")
+        if self.predicts_output:  # y = x W0^T + b + f(x)
+            return F.linear(x, self.weight, self.bias) + self.predictor(x)  # (B, H, W, D)
         if not torch.jit.is_scripting():
             if not kernels.reference_enabled():
                 return self._forward_fast(x)
@@ -255,8 +476,10 @@ class DynamicLinear(nn.Linear):
         else formed and applied as one batched GEMM. x: (B, H, W, C) -> (B, H, W, D)."""
         predictor = self.predictor
         # The profiler range names the predictor's ops for `weightformer profile` (free when not profiling).
-        if kernels.low_rank_dynamic_linear_preferred(x, predictor.in_rank, predictor.out_rank, self.out_features) \
-                and type(predictor) is OuterProductPredictor and not kernels.has_hooks(predictor):
+        factored = type(predictor) is OuterProductPredictor and not kernels.has_hooks(predictor)
+        if factored and kernels.low_rank_dynamic_linear_preferred(
+            x, predictor.in_rank, predictor.out_rank, self.out_features
+        ):
             with _predictor_range():
                 u, v, scale = predictor.factors(x)  # (B, Np, C_r), (B, Np, D_r)
                 rows = kernels.low_rank_bounded_update(u, v, predictor.input_basis, predictor.output_basis, scale)

@@ -16,15 +16,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from ...engine.data import Unreadable
 
-__all__ = ["FolderDataset", "open_image", "transformed", "check_splits", "eval_transform", "train_transform",
-           "collate_images"]
+__all__ = ["FolderDataset", "IndexedImages", "open_image", "transformed", "check_splits", "eval_transform",
+           "train_transform", "collate_images"]
 
 
 @contextmanager
@@ -59,6 +60,24 @@ def transformed(image: Image.Image, transform: Any, seed: int | None) -> Any:
         return transform(image)
     with _seeded(seed):
         return transform(image)
+
+
+class IndexedImages(Dataset):
+    """Base of the datasets that read sample i's stored image with `original(i)`: the transform (seeded by the
+    engine's per-sample seed) and the label `targets[i]` are applied here, once for every storage format."""
+
+    transform: Any
+    targets: Sequence[int]
+
+    def original(self, index: int) -> Image.Image | Unreadable:
+        raise NotImplementedError
+
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[Any, int] | Unreadable:
+        index, seed = item if isinstance(item, tuple) else (item, None)
+        image = self.original(index)
+        if isinstance(image, Unreadable):
+            return image
+        return transformed(image, self.transform, seed), self.targets[index]
 
 
 class FolderDataset(ImageFolder):
@@ -140,9 +159,35 @@ def eval_transform(img_size: int, crop_pct: float = 224 / 256, interpolation: st
                             mean=tuple(mean), std=tuple(std))
 
 
+def _posterize(img: Image.Image, bits_to_keep: int, **_: Any) -> Image.Image:
+    """RandAugment's posterize as Pillow < 13 computed it: 0 bits kept gives a black image.
+
+    timm's "PosterizeIncreasing" level maps magnitudes of ~9.5 and more to 0 bits (reachable with the recipes'
+    `rand-m9-mstd0.5-inc1`), which Pillow 13 refuses with a ValueError that would end a run mid-epoch.
+    """
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return img.point(lambda _: 0)
+    return ImageOps.posterize(img, bits_to_keep)
+
+
+def _patch_posterize(transform: Any) -> Any:
+    """Swap `_posterize` into every RandAugment/AutoAugment posterize op of a (nested) torchvision Compose."""
+    for t in getattr(transform, "transforms", None) or []:
+        ops = getattr(t, "ops", None)  # timm RandAugment / AugMixAugment
+        if ops is None and hasattr(t, "policy"):  # timm AutoAugment: a list of sub-policies
+            ops = [op for sub in t.policy for op in sub]
+        for op in ops or []:
+            if "Posterize" in getattr(op, "name", ""):
+                op.aug_fn = _posterize
+        _patch_posterize(t)
+    return transform
+
+
 def train_transform(cfg) -> Any:
     """timm's training transform from a ClassificationConfig: random resized crop, flip, RandAugment, erasing."""
-    return create_transform(
+    return _patch_posterize(create_transform(
         cfg.img_size,
         is_training=True,
         scale=tuple(cfg.scale),
@@ -153,4 +198,4 @@ def train_transform(cfg) -> Any:
         re_prob=cfg.reprob,
         re_mode=cfg.remode,
         re_count=cfg.recount,
-    )
+    ))

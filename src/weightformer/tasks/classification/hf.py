@@ -25,10 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
-from torch.utils.data import Dataset
 
 from ...engine.data import StreamDataset, Unreadable
-from .data import open_image, transformed
+from .data import IndexedImages, open_image, transformed
 
 __all__ = ["require_datasets", "HFDataset", "HFStream"]
 
@@ -82,7 +81,7 @@ def _image(value: dict[str, Any], description: str) -> Image.Image | Unreadable:
     return open_image(source, description) if source else Unreadable(f"{description} (no image)")
 
 
-class HFDataset(Dataset):
+class HFDataset(IndexedImages):
     """One split of a local Hugging Face dataset folder, read by index; items like `FolderDataset`'s."""
 
     def __init__(self, path: str | Path, split: str, transform: Any = None, image_column: str = "image",
@@ -104,13 +103,6 @@ class HFDataset(Dataset):
 
     def original(self, index: int) -> Image.Image | Unreadable:
         return _image(self.data[index][self.image_column], f"{self.path} row {index}")
-
-    def __getitem__(self, item: int | tuple[int, int]) -> tuple[Any, int] | Unreadable:
-        index, seed = item if isinstance(item, tuple) else (item, None)
-        image = self.original(index)
-        if isinstance(image, Unreadable):
-            return image
-        return transformed(image, self.transform, seed), self.targets[index]
 
 
 class HFStream(StreamDataset):

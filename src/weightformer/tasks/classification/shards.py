@@ -43,11 +43,10 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
 from ...engine.data import Unreadable
-from .data import check_splits, open_image, transformed
+from .data import IndexedImages, check_splits, open_image
 
 __all__ = ["MANIFEST", "FORMAT", "pack_folder", "read_manifest", "ShardDataset", "verify_shards"]
 
@@ -207,7 +206,7 @@ def split_entry(manifest: dict[str, Any], root: Path, split: str) -> dict[str, A
     return manifest["splits"][split]
 
 
-class ShardDataset(Dataset):
+class ShardDataset(IndexedImages):
     """Samples of one split of a `data pack` folder, read by index from its tar shards (see the module's doc).
 
     `dataset[(index, seed)]` returns (transformed image, class) like `FolderDataset`, or `Unreadable`.
@@ -244,13 +243,6 @@ class ShardDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.targets)
-
-    def __getitem__(self, item: int | tuple[int, int]) -> tuple[Any, int] | Unreadable:
-        index, seed = item if isinstance(item, tuple) else (item, None)
-        image = self.original(index)
-        if isinstance(image, Unreadable):
-            return image
-        return transformed(image, self.transform, seed), self.targets[index]
 
     def original(self, index: int) -> Image.Image | Unreadable:
         """Sample `index`'s image as stored."""

@@ -20,7 +20,15 @@ training split as long as the step budget needs, so no image is seen twice.
 
 Knobs (all tasks): resolution (pixels per side), distance (centre-to-centre gap between the two parts as a
 fraction of the largest gap that fits, 0-1), size (object side as a fraction of the image side) and
-distractors (extra grey objects that carry no information); colours (same_different's palette size).
+distractors (extra grey objects that carry no information); colours (same_different's palette size);
+item_size (psvrt) and contour_length (pathfinder).
+
+Benchmarks: published.py adds three tasks generated from published procedures: `psvrt` (the same-different
+problem of Kim, Ricci & Serre 2018), `pathfinder` (Linsley et al. 2018, as used by the Long Range Arena, Tay et
+al. 2021) and `same_different_random` (same_different with the squares at random places, so that no
+fixed-offset filter solves it). Their labels are relations of two parts as above, but the parts' positions
+vary and can fall within one window, so the 75 % ceiling above holds only for the images whose parts are
+farther apart than the receptive field; published.py states what distance means for each.
 """
 
 from __future__ import annotations
@@ -49,8 +57,11 @@ class Knobs:
     size: float = 1 / 12  # object side over image side
     distractors: int = 0  # uninformative grey objects
     colours: int = 6  # palette size of same_different (2-6); fewer colours: the same relation, easier to see
+    item_size: int = 4  # psvrt: side of each bit pattern in pixels
+    contour_length: int = 6  # pathfinder: paddles per target contour (LRA: 6, 9, 14)
 
-    def check(self) -> None:
+    def check(self, task: str | None = None) -> None:
+        """Raise a one-line ValueError for a knob out of range (for `task`, where a task needs more)."""
         if self.resolution < 16:
             raise ValueError(f"resolution must be at least 16 pixels, got {self.resolution}.")
         if not 0.0 <= self.distance <= 1.0:
@@ -61,6 +72,13 @@ class Knobs:
             raise ValueError(f"distractors must be >= 0, got {self.distractors}.")
         if not 2 <= self.colours <= len(PALETTE):
             raise ValueError(f"colours must be within [2, {len(PALETTE)}], got {self.colours}.")
+        if not 1 <= self.item_size <= self.resolution // 2:
+            raise ValueError(f"item_size must be within [1, resolution / 2], got {self.item_size}.")
+        if not 2 <= self.contour_length <= 40:
+            raise ValueError(f"contour_length must be within [2, 40] paddles, got {self.contour_length}.")
+        if task == "pathfinder" and self.resolution < 32:
+            raise ValueError(f"pathfinder needs resolution >= 32 (its geometry is set at 32 px), "
+                             f"got {self.resolution}.")
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -223,7 +241,7 @@ class ProbeDataset(Dataset):
     def __init__(self, task: str, knobs: Knobs, length: int, seed: int = 0, split: str = "train") -> None:
         if task not in PROBE_TASKS:
             raise ValueError(f"Unknown probe task {task!r}; choose from {', '.join(PROBE_TASKS)}.")
-        knobs.check()
+        knobs.check(task)
         self.task, self.knobs, self.length, self.seed, self.split = task, knobs, length, seed, _SPLITS[split]
 
     def __len__(self) -> int:

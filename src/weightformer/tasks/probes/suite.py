@@ -29,9 +29,11 @@ import torch
 
 from .data import PROBE_TASKS, Knobs, static_receptive_field
 from .models import DEFAULT_SIZES, build_probe_model
+from .published import NO_DISTANCE
 from .task import ProbeConfig, train_probe
 
-__all__ = ["SuiteConfig", "run_suite", "format_table", "summarise", "plot_suite", "PeakMemory", "DEFAULT_MODELS"]
+__all__ = ["SuiteConfig", "run_suite", "model_cost", "format_table", "summarise", "plot_suite", "PeakMemory",
+           "DEFAULT_MODELS"]
 
 DEFAULT_MODELS = ["static", "weightformer", "weightformer:linear=query_pool,conv=query_pool", "vit"]
 
@@ -48,6 +50,8 @@ class SuiteConfig:
     size: float = 1 / 8
     distractors: int = 0
     colours: int = 2
+    item_size: int = 4  # psvrt
+    contour_length: int = 6  # pathfinder
     sizes: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SIZES))  # width, depth, patch of every spec
     steps: int = 1500
     batch_size: int = 32
@@ -65,8 +69,13 @@ class SuiteConfig:
             raise ValueError(f"Unknown probe task(s) {', '.join(unknown)}; choose from {', '.join(PROBE_TASKS)}.")
         for spec in self.models:  # build each once, so that a bad spec stops the suite before any run
             build_probe_model(spec, num_classes=2, img_size=self.resolutions[0], defaults=self.sizes)
-        for resolution, distance in itertools.product(self.resolutions, self.distances):
-            Knobs(resolution, distance, self.size, self.distractors, self.colours).check()
+        ignored = [t for t in self.tasks if t in NO_DISTANCE]
+        if ignored and len(self.distances) > 1:
+            raise ValueError(f"{', '.join(ignored)} place their parts at random (as in their papers) and have no "
+                             "distance knob; give one --distance, or run them apart from the distance sweep.")
+        for task, resolution, distance in itertools.product(self.tasks, self.resolutions, self.distances):
+            Knobs(resolution, distance, self.size, self.distractors, self.colours, self.item_size,
+                  self.contour_length).check(task)
         if not self.models or not self.seeds or self.steps < 1 or self.jobs < 0 or self.threads < 1:
             raise ValueError("Need at least one model and one seed, steps and threads >= 1 and jobs >= 0.")
 
@@ -141,15 +150,17 @@ def run_one(key: dict[str, Any], cfg: SuiteConfig) -> dict[str, Any]:
     runs_dir.mkdir(parents=True, exist_ok=True)
     probe = ProbeConfig(
         probe=key["task"], model=key["model"], sizes=cfg.sizes, resolution=key["resolution"],
-        distance=key["distance"], size=cfg.size, distractors=cfg.distractors, colours=cfg.colours, steps=cfg.steps,
-        val_images=cfg.val_images, seed=key["seed"], batch_size=cfg.batch_size, lr=cfg.lr, threads=cfg.threads,
+        distance=key["distance"], size=cfg.size, distractors=cfg.distractors, colours=cfg.colours,
+        item_size=cfg.item_size, contour_length=cfg.contour_length, steps=cfg.steps, val_images=cfg.val_images,
+        seed=key["seed"], batch_size=cfg.batch_size, lr=cfg.lr, threads=cfg.threads,
         device=cfg.device, output_dir=str(runs_dir), run_name=_run_name(key), recipe="probe")
     log_path = runs_dir / f"{_run_name(key)}.log"
     with open(log_path, "w") as log, contextlib.redirect_stdout(log), PeakMemory(cfg.device) as memory:
         result = train_probe(probe)
     n_params = sum(p.numel() for p in result["model"].parameters())
     return {
-        **key, "size": cfg.size, "distractors": cfg.distractors, "colours": cfg.colours, "steps": cfg.steps,
+        **key, "size": cfg.size, "distractors": cfg.distractors, "colours": cfg.colours,
+        "item_size": cfg.item_size, "contour_length": cfg.contour_length, "steps": cfg.steps,
         "batch_size": cfg.batch_size,
         "accuracy": result["val_top1"], "val_loss": result["val_loss"], "train_loss": result["train_loss"],
         "train_images_per_second": cfg.steps * cfg.batch_size / result["epoch_seconds"],
@@ -203,8 +214,24 @@ def run_suite(cfg: SuiteConfig, log: Callable[[str], None] = print) -> dict[str,
             for future in as_completed([pool.submit(run_one, key, cfg) for key in todo]):
                 record(future.result())
     results["summary"] = summarise(rows)
+    results["cost"] = {spec: model_cost(spec, cfg.sizes, cfg.resolutions) for spec in cfg.models}
     json_path.write_text(json.dumps(results, indent=2))
     return results
+
+
+COST_RESOLUTIONS = (224, 1024)  # the cost of each spec's network at ImageNet size and at a high resolution
+
+
+def model_cost(spec: str, sizes: dict[str, Any], resolutions: list[int]) -> dict[str, int]:
+    """MACs per image of the network `spec` names (the suite's sizes: same width, depth and patch) at each probe
+    resolution and at `COST_RESOLUTIONS`, counted on the meta device (attention's N² terms included)."""
+    from ...analysis.flops import count_macs
+
+    cost = {}
+    for resolution in sorted({*resolutions, *COST_RESOLUTIONS}):
+        model = build_probe_model(spec, num_classes=2, img_size=resolution, defaults=sizes)
+        cost[str(resolution)] = count_macs(model, (3, resolution, resolution)).total
+    return cost
 
 
 #################################################################################
@@ -237,17 +264,21 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def format_table(results: dict[str, Any]) -> str:
     """A Markdown table of the summary, grouped by task, resolution and distance."""
-    lines = ["| task | res | dist | model | params | accuracy % | per seed | train img/s | peak MiB |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    cost = results.get("cost", {})
+    lines = ["| task | res | dist | model | params | accuracy % | per seed | train img/s | peak MiB | "
+             "GMACs 224² | GMACs 1024² |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     order = {m: i for i, m in enumerate(results.get("config", {}).get("models", []))}  # the command's order
     for row in sorted(results["summary"], key=lambda r: (r["task"], r["resolution"], r["distance"],
                                                           order.get(r["model"], len(order)), r["model"])):
         sd = f" ± {row['accuracy_sd']:.1f}" if row["accuracy_sd"] is not None else ""
         seeds = ", ".join(f"{a:.1f}" for a in row["accuracy_per_seed"])
         memory = f"{row['peak_memory_mb']:.0f}" if row["peak_memory_mb"] is not None else "n/a"
-        lines.append(f"| {row['task']} | {row['resolution']} | {row['distance']:g} | `{row['model']}` | "
+        distance = "–" if row["task"] in NO_DISTANCE else f"{row['distance']:g}"
+        lines.append(f"| {row['task']} | {row['resolution']} | {distance} | `{row['model']}` | "
                      f"{row['params'] / 1e3:.0f} k | {row['accuracy_mean']:.1f}{sd} | {seeds} | "
-                     f"{row['train_images_per_second']:.0f} | {memory} |")
+                     f"{row['train_images_per_second']:.0f} | {memory} | "
+                     + " | ".join(f"{cost[row['model']][str(r)] / 1e9:.2f}" if str(r) in cost.get(row["model"], {})
+                                  else "n/a" for r in COST_RESOLUTIONS) + " |")
     return "\n".join(lines)
 
 

@@ -37,6 +37,8 @@ class ProbeConfig(EngineConfig):
     size: float = 1 / 12
     distractors: int = 0
     colours: int = 6
+    item_size: int = 4
+    contour_length: int = 6
     steps: int = setting(400, ge=1)
     val_images: int = setting(512, ge=2)  # (both labels)
 
@@ -56,7 +58,8 @@ class ProbeConfig(EngineConfig):
 
     def knobs(self) -> Knobs:
         return Knobs(resolution=self.resolution, distance=self.distance, size=self.size,
-                     distractors=self.distractors, colours=self.colours)
+                     distractors=self.distractors, colours=self.colours, item_size=self.item_size,
+                     contour_length=self.contour_length)
 
 
 class ProbeTask(ClassifierValidation, Task):
@@ -69,7 +72,7 @@ class ProbeTask(ClassifierValidation, Task):
         super().__init__(cfg)
         if cfg.epochs != 1:
             raise ValueError(f"A probe run is one epoch of `steps` fresh batches; epochs must be 1, not {cfg.epochs}.")
-        cfg.knobs().check()
+        cfg.knobs().check(cfg.probe)
 
     def build_datasets(self, d: Dist) -> Datasets:
         cfg, knobs = self.cfg, self.cfg.knobs()
