@@ -31,10 +31,10 @@ mkdir -p "$out"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"  # this checkout's code, installed or not
 wb=(python -m weightformer)
 budget_s="${BUDGET_S:-570}"
-start=$(date +%s)
-: > "$out/budget.txt"
+scale=1  # of the per-step limits
 
 if [[ "${GPU_CHECK_DRY_RUN:-0}" != "0" ]]; then  # the CPU, tiny sizes and rounds, eager: the script's logic only
+    budget_s="${BUDGET_S:-3600}"; scale=10  # a CPU, perhaps shared: the limits are not what is being checked
     device=cpu; compile=off; rounds=1; warmup=0; cls_res=112; cls_res_large=224; cls_batch=1
     latents=(8); dit_batch=2; tests=()
 else
@@ -42,10 +42,12 @@ else
     latents=(32 64 128); dit_batch=32; tests=(tests/test_kernels.py)
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/device.txt"
 fi
+start=$(date +%s)
+: > "$out/budget.txt"
 
 # step NAME SECONDS CMD...: run CMD under the smaller of SECONDS and what is left of the budget, or skip it.
 step() {
-    local name=$1 limit=$2; shift 2
+    local name=$1 limit=$(($2 * scale)); shift 2
     local left=$((budget_s - ($(date +%s) - start)))
     if ((left < 20)); then
         echo "$name: skipped, ${left} s of the budget left" | tee -a "$out/budget.txt"
@@ -94,7 +96,7 @@ fi
 
 # 4. Where the time goes at 224 and 1248 (fast path, bf16, inference): per-kernel CUDA times, if time is left.
 if [[ "$device" == cuda ]]; then
-    step profile 40 bash -c 'python - > "$1" 2>&1 <<'"'"'PY'"'"'
+    cat > "$out/profile.py" <<'PY'
 import timm, torch
 import weightformer  # noqa: F401
 from torch.profiler import ProfilerActivity, profile
@@ -112,7 +114,7 @@ for res, batch in ((224, 256), (1248, 8)):
         print(f"== {name} {res}px batch {batch}")
         print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=15))
 PY
-exit $?' _ "$out/profile.txt"
+    step profile 40 bash -c 'python "$1" > "$2" 2>&1' _ "$out/profile.py" "$out/profile.txt"
 fi
 
 for table in "$out"/*.txt; do
