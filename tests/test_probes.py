@@ -220,6 +220,8 @@ def test_tiny_suite_writes_json_table_and_plot(tmp_path, capsys):
     assert rows["static"]["seeds"] == 2 and len(rows["static"]["accuracy_per_seed"]) == 2
     assert rows["static"]["params"] < rows["weightformer:linear=query_pool"]["params"]
     assert results["static_receptive_field_px"] == 4 * (1 + 2 * 2)
+    assert results["environment"]["cpu"] and "commit" in results["environment"]  # the machine, as bench records it
+    assert len(results["environment"]["load_average_at_end"]) == 3
     assert format_table(results) in printed and "`weightformer:linear=query_pool`" in printed
     # Resuming with one more seed trains only the new runs.
     cfg = SuiteConfig(models=["static"], seeds=[0, 2], resolutions=[32], steps=2, batch_size=4, val_images=6,
