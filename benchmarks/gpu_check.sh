@@ -79,10 +79,10 @@ fi
 cls=(--resolutions "$cls_res" "$cls_res_large" --base-batch "$cls_batch" --no-reference --rounds "$rounds"
      --warmup "$warmup")
 dit=(--task generation --base-batch "$dit_batch" --no-reference --rounds "$rounds" --warmup "$warmup")
-bench cls-small 60 --model small "${cls[@]}" --compile off
-bench cls-tiny 30 --model tiny --resolutions "$cls_res" "${cls[@]:3}" --compile off  # (224 only)
-bench dit-small 90 --model small --resolutions "${latents[@]}" "${dit[@]}" --compile off
-bench dit-base 120 --model base --resolutions "${latents[@]}" "${dit[@]}" --compile off
+bench cls-small 120 --model small "${cls[@]}" --compile off
+bench cls-tiny 45 --model tiny --resolutions "$cls_res" "${cls[@]:3}" --compile off  # (224 only)
+bench dit-small 120 --model small --resolutions "${latents[@]}" "${dit[@]}" --compile off
+bench dit-base 150 --model base --resolutions "${latents[@]}" "${dit[@]}" --compile off
 
 # 3. Compiled against compiled (torch.compile of both contestants), with what is left of the budget.
 if [[ "$compile" != off ]]; then
