@@ -43,7 +43,8 @@ __all__ = [
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """adaLN modulation of channels-last tokens: x (N, h, w, D), shift and scale (N, D).
 
-    x * (1 + scale) + shift in one pass over the tokens (addcmul) instead of two: the same products and sums.
+    x * (1 + scale) + shift in one pass over the tokens (addcmul) instead of two: the same product and sum (where
+    the CPU fuses them into one multiply-add, rounded once: a float32 ulp or so).
     """
     return torch.addcmul(shift[:, None, None, :], x, 1 + scale[:, None, None, :])
 
