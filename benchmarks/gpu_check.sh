@@ -34,7 +34,7 @@ budget_s="${BUDGET_S:-570}"
 scale=1  # of the per-step limits
 
 if [[ "${GPU_CHECK_DRY_RUN:-0}" != "0" ]]; then  # the CPU, tiny sizes and rounds, eager: the script's logic only
-    budget_s="${BUDGET_S:-3600}"; scale=10  # a CPU, perhaps shared: the limits are not what is being checked
+    budget_s="${BUDGET_S:-7200}"; scale=100  # a CPU, perhaps shared: the limits are not what is being checked
     device=cpu; compile=off; rounds=1; warmup=0; cls_res=112; cls_res_large=224; cls_batch=1
     latents=(8); dit_batch=2; tests=()
 else
