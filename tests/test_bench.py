@@ -43,24 +43,41 @@ def test_bench_command_writes_a_consistent_table_json_and_plot(tmp_path, capsys)
             ratio = rows[(*key, c)]["images_per_s"] / rows[(*key, "deit")]["images_per_s"]
             assert entry[f"{c}/deit speed"] == pytest.approx(ratio)
             assert f"{entry[f'{c}/deit speed']:.2f}x" in printed  # the printed table shows the JSON's ratios
+    for entry in results["ratios"]:  # DeiT's MACs (attention included) over WeightFormer's, beside the speed
+        key = (entry["resolution"], entry["mode"])
+        assert entry["MAC ratio"] == pytest.approx(rows[(*key, "deit")]["gmacs_per_image"]
+                                                   / rows[(*key, "wfm")]["gmacs_per_image"])
+        assert entry["wfm/deit efficiency"] == pytest.approx(entry["wfm/deit speed"] / entry["MAC ratio"])
+    assert printed.startswith("machine: ") and "load " in printed.splitlines()[0]
     assert results["environment"]["torch"] and results["config"]["model"] == "weightformer_tiny"
     assert results["command"].startswith("weightformer ")
     assert (tmp_path / "run.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_generation_bench_times_weightformer_dit_against_dit_with_sdpa(capsys):
-    cfg = BenchConfig(task="generation", model="weightformer_dit_s_2", resolutions=[8], base_batch=1,
-                      rounds=1, warmup=0, threads=1, include_reference=False, num_classes=10,
-                      model_kwargs=dict(hidden_size=32, depth=2))
+    from weightformer.analysis.summary import macs_per_image
+
+    kwargs = dict(hidden_size=32, depth=2)
+    cfg = BenchConfig(task="generation", model="weightformer_dit_s_2", resolutions=[8], base_batch=2,
+                      rounds=1, warmup=0, threads=1, include_reference=False, num_classes=10, model_kwargs=kwargs)
     results = run_bench(cfg, log=lambda line: None)
     rows = {(r["resolution"], r["mode"], r["contestant"]): r for r in results["rows"]}
     assert set(rows) == {(8, m, c) for m in ("inference", "train") for c in ("wfm", "dit")}
-    assert rows[(8, "train", "wfm")]["batch"] == 16 and cfg.batch_for(64) == 1 and cfg.batch_for(16) == 4
+    # DiT's working point: the same batch at every latent size, not scaled down with the latent
+    assert rows[(8, "train", "wfm")]["batch"] == 2 and cfg.batch_for(64) == cfg.batch_for(16) == 2
+    macs = {name: macs_per_image(name, 8, num_classes=10, **kwargs).total / 1e9
+            for name in ("weightformer_dit_s_2", "dit_attn_s_2")}
+    printed = format_results(results)
     for entry in results["ratios"]:
         key = (entry["resolution"], entry["mode"])
+        assert rows[(*key, "wfm")]["gmacs_per_image"] == pytest.approx(macs["weightformer_dit_s_2"])
+        assert entry["MAC ratio"] == pytest.approx(macs["dit_attn_s_2"] / macs["weightformer_dit_s_2"])
         ratio = rows[(*key, "wfm")]["images_per_s"] / rows[(*key, "dit")]["images_per_s"]
         assert entry["wfm/dit speed"] == pytest.approx(ratio)
-        assert f"{entry['wfm/dit speed']:.2f}x" in format_results(results)
+        assert entry["wfm/dit efficiency"] == pytest.approx(ratio / entry["MAC ratio"])
+        for k in ("MAC ratio", "wfm/dit speed", "wfm/dit efficiency"):
+            assert f"{entry[k]:.2f}x" in printed
+    assert printed.startswith("machine: ") and results["environment"]["load_average_at_end"] is not None
     assert main(["bench", "--task", "generation", "--model", "tiny", "-o", "x"]) == 2
     assert "--model tiny is not a generation variant" in capsys.readouterr().err
 
@@ -86,6 +103,7 @@ def test_grad_checkpointing_bench_reports_less_activation_memory_with_checkpoint
     assert ratio["activations off/on"] == pytest.approx(off["activations_mb"] / on["activations_mb"])
     assert ratio["step time on/off"] == pytest.approx(on["median_s"] / off["median_s"])
     assert f"{ratio['activations off/on']:.2f}x" in printed and "Measured: activations" in printed
+    assert printed.startswith("machine: ") and results["environment"]["load_average_at_start"] is not None
     assert results["measured"] and results["command"].startswith("weightformer ")
 
 
@@ -119,9 +137,88 @@ def test_activation_memory_is_what_autograd_saves_for_the_backward_pass():
 def test_grad_checkpointing_bench_on_weightformer_dit():
     from weightformer.analysis.checkpointing import format_checkpointing_results, run_checkpointing_bench
 
-    cfg = BenchConfig(task="generation", model="weightformer_dit_s_2", resolutions=[16], base_batch=1, rounds=1,
+    cfg = BenchConfig(task="generation", model="weightformer_dit_s_2", resolutions=[16], base_batch=4, rounds=1,
                       warmup=0, threads=1, num_classes=10, model_kwargs=dict(hidden_size=32, depth=3))
     results = run_checkpointing_bench(cfg, log=lambda line: None)
     off, on = sorted(results["rows"], key=lambda r: r["grad_checkpointing"])
     assert off["batch"] == 4 and 0 < on["activations_mb"] < off["activations_mb"] / 2
     assert "activations off/on" in format_checkpointing_results(results)
+
+
+# -- MACs beside the measurements ----------------------------------------------------------------------------
+
+
+def _dit_macs_by_hand(width: int, depth: int, latent: int, attention: bool, classes_out: int = 8) -> int:
+    """A DiT/2 forward pass on one 4-channel latent, counted layer by layer (fvcore's conventions: a LayerNorm
+    without affine costs 4 per element; elementwise ops, the label lookup and unpatchify nothing)."""
+    n, d = (latent // 2) ** 2, width
+    stem = n * (4 * 2 * 2) * d + 256 * d + d * d  # patch embedding, timestep MLP
+    mixer = n * d * 3 * d + 2 * n * n * d + n * d * d if attention else n * d * 9  # qkv, QK^T and AV, proj | dwconv
+    block = d * 6 * d + 2 * 4 * n * d + mixer + 2 * n * d * 4 * d  # adaLN, two LayerNorms, mixer, MLP
+    final = d * 2 * d + 4 * n * d + n * d * 2 * 2 * classes_out
+    return stem + depth * block + final
+
+
+def test_macs_per_image_count_attention_products_as_a_hand_count_does():
+    from weightformer.analysis.summary import macs_per_image
+
+    for latent in (8, 16):
+        n = (latent // 2) ** 2
+        dit = macs_per_image("dit_attn_s_2", latent, hidden_size=64, depth=2, num_classes=10)
+        assert dit.total == _dit_macs_by_hand(64, 2, latent, attention=True)
+        assert dit.attention == 2 * (2 * n * n * 64)  # per layer: N^2 C for QK^T, N^2 C for AV
+        static = macs_per_image("weightformer_dit_s_2", latent, hidden_size=64, depth=2, num_classes=10,
+                                dynamic_blocks="none")
+        assert static.total == _dit_macs_by_hand(64, 2, latent, attention=False) and static.attention == 0
+    # DeiT-T at 32 px: 2x2 patches and the class token, N = 5 tokens of width 192, 12 blocks, affine LayerNorms.
+    n, d = 5, 192
+    block = 2 * 5 * n * d + n * d * 3 * d + 2 * n * n * d + n * d * d + 2 * n * d * 4 * d
+    deit = macs_per_image("deit_tiny_patch16_224", 32, num_classes=10)
+    assert deit.total == 4 * (3 * 16 * 16) * d + 12 * block + 5 * n * d + d * 10
+    assert deit.attention == 12 * 2 * n * n * d
+
+
+def test_environment_names_the_machine_and_its_load():
+    from weightformer.analysis.bench import describe_environment, environment, load_average
+
+    env = environment("cpu", load_at_start=[1.5, 1.0, 0.5])
+    assert env["cpu"] and env["logical_cores"] >= 1 and env["threads"] >= 1 and env["memory_gib"] > 0
+    assert env["physical_cores"] is None or 1 <= env["physical_cores"] <= env["logical_cores"]
+    assert env["torch"] and env["timm"] and env["python"] and "triton" in env
+    assert env["load_average_at_start"] == [1.5, 1.0, 0.5] and env["load_average_at_end"] == load_average()
+    assert env["commit"] is None or len(env["commit"].removesuffix("-dirty")) == 40
+    line = describe_environment(env)
+    assert line.startswith("machine: " + env["cpu"]) and "load 1.50 -> " in line and f"torch {env['torch']}" in line
+
+
+@pytest.mark.slow
+def test_gpu_check_script_dry_run_on_cpu_writes_every_comparison(tmp_path):
+    # benchmarks/gpu_check.sh with GPU_CHECK_DRY_RUN=1: the same steps on the CPU, tiny sizes, eager.
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**__import__("os").environ, "GPU_CHECK_DRY_RUN": "1"}
+    subprocess.run(["bash", str(root / "benchmarks" / "gpu_check.sh"), str(tmp_path)], env=env, check=True,
+                   timeout=900)
+    budget = (tmp_path / "budget.txt").read_text()
+    for name in ("cls-small", "cls-tiny", "dit-small", "dit-base"):
+        assert f"{name}: exit 0" in budget, budget
+        results = json.loads((tmp_path / f"{name}.json").read_text())
+        assert all("MAC ratio" in e for e in results["ratios"]) and results["environment"]["cpu"]
+        assert (tmp_path / f"{name}.txt").read_text().startswith("machine: ")
+        assert f"== {name}\nmachine: " in (tmp_path / "tables.txt").read_text()
+    dit = json.loads((tmp_path / "dit-base.json").read_text())
+    assert {r["batch"] for r in dit["rows"]} == {2} and dit["config"]["model"] == "weightformer_dit_b_2"
+
+
+def test_gpu_check_script_is_valid_bash_and_runs_every_comparison():
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    text = script.read_text()
+    for needle in ("--model small", "--model tiny", "--task generation", "--model base", "--compile on",
+                   "--compile off", "latents=(32 64 128)", "dit_batch=32", "cls_res_large=1248", "BUDGET_S:-570"):
+        assert needle in text, needle

@@ -233,6 +233,8 @@ def test_tiny_suite_writes_json_table_and_plot(tmp_path, capsys):
     assert rows["static"]["seeds"] == 2 and len(rows["static"]["accuracy_per_seed"]) == 2
     assert rows["static"]["params"] < rows["weightformer:linear=query_pool"]["params"]
     assert results["static_receptive_field_px"] == 4 * (1 + 2 * 2)
+    assert results["environment"]["cpu"] and "commit" in results["environment"]  # the machine, as bench records it
+    assert len(results["environment"]["load_average_at_end"]) == 3
     assert format_table(results) in printed and "`weightformer:linear=query_pool`" in printed
     # Cost per image at the probe size and at 224² / 1024², for every spec: static's grows with the pixels.
     static_cost = results["cost"]["static"]

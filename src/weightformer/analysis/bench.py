@@ -11,8 +11,17 @@ Contestants, for a WeightFormer variant and the DeiT of the same width:
 - "deit": timm's DeiT, eager, `F.scaled_dot_product_attention` (FlashAttention on CUDA);
 - "wfm_compiled", "deit_compiled": the same under `torch.compile` (with `compile_mode` "on" or "both").
 
-Batch size scales as base_batch * (224 / resolution)^2 (at least 1), so every batch holds about the same number
-of pixels. CUDA runs under bf16 autocast, CPU in fp32. Peak memory: the most one step (inference, or a training
+Classification: batch size scales as base_batch * (224 / resolution)^2 (at least 1), so every batch holds about
+the same number of pixels. Generation: base_batch latents at every latent size (DiT's working point is 32 per
+GPU, its global batch 256 over 8; diffusion trains and samples at a fixed batch whatever the resolution). CUDA
+runs under bf16 autocast, CPU in fp32.
+
+Beside each measured ratio stands the MAC ratio: baseline MACs over WeightFormer MACs per image, one forward
+pass, attention's N^2 products counted (`summary.macs_per_image`), and the efficiency, speed ratio over MAC
+ratio: 1.0 means WeightFormer turns its MAC advantage into speed exactly; below 1, each of its MACs runs slower
+than the baseline's. A training step costs about three forward passes and a guided sampling step two, for both
+contestants alike, so the forward ratio stands for every mode. Every result records the machine it ran on
+(`environment`). Peak memory: the most one step (inference, or a training
 step) allocates beyond what was allocated before it: CUDA's max_memory_allocated, on CPU the running sum of the
 allocations and frees torch.profiler records (one extra, untimed step).
 """
@@ -21,8 +30,10 @@ from __future__ import annotations
 
 import gc
 import itertools
+import os
 import platform
 import statistics
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -36,10 +47,10 @@ from torch.profiler import ProfilerActivity, profile
 
 from .. import kernels
 from ..models import MODEL_CONFIGS
-from .summary import DEIT_OF_WIDTH, format_table
+from .summary import DEIT_OF_WIDTH, format_table, macs_per_image
 
 __all__ = ["BenchConfig", "DEIT_OF", "DIT_OF", "run_bench", "format_results", "plot_results", "environment",
-           "prepare", "bench_inputs", "cpu_memory_deltas"]
+           "describe_environment", "load_average", "prepare", "bench_inputs", "cpu_memory_deltas"]
 
 # WeightFormer variant -> the DeiT of the same width (the widths live in the model registry); for generation,
 # WeightFormer-DiT -> DiT's own block (SDPA) at the same width and depth.
@@ -56,7 +67,8 @@ class BenchConfig:
     Args:
         model: a key of `DEIT_OF`.
         resolutions: square input sizes.
-        base_batch: batch size at 224x224; scaled by (224 / res)^2 elsewhere.
+        base_batch: classification: batch size at 224x224, scaled by (224 / res)^2 elsewhere; generation: the
+            batch at every latent size (not scaled).
         modes: "inference" and/or "train" (forward, cross-entropy, backward, AdamW step).
         compile_mode: "off" (eager only), "on" (compiled only) or "both".
         include_reference: also run WeightFormer's reference path (eager).
@@ -66,9 +78,9 @@ class BenchConfig:
         threads: torch.set_num_threads on CPU (None: leave as is).
         num_classes: classifier outputs (generation: class labels).
         task: "classification" (WeightFormer vs DeiT on images) or "generation" (WeightFormer-DiT vs DiT with
-            SDPA on 4-channel latents; resolutions are latent sides, 32 = 256 px; batch = base_batch *
-            (32 / latent)^2; "inference" times one guided denoising step of the batch, "train" one diffusion
-            training step: forward at random timesteps, MSE to the noise, backward, AdamW).
+            SDPA on 4-channel latents; resolutions are latent sides, 32 = 256 px; batch = base_batch at every
+            latent; "inference" times one guided denoising step of the batch (2 x batch through the network),
+            "train" one diffusion training step: forward at random timesteps, MSE to the noise, backward, AdamW).
     """
 
     model: str = "weightformer_tiny"
@@ -86,17 +98,37 @@ class BenchConfig:
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # generation: e.g. a smaller width for tests
 
     def batch_for(self, resolution: int) -> int:
-        base = 32 if self.task == "generation" else 224
-        return max(1, round(self.base_batch * (base / resolution) ** 2))
+        if self.task == "generation":
+            return self.base_batch
+        return max(1, round(self.base_batch * (224 / resolution) ** 2))
 
 
-def environment(device: str) -> dict[str, Any]:
-    """Device name and library versions, for the record."""
+def load_average() -> list[float] | None:
+    """The 1-, 5- and 15-minute load averages of the machine (None where the OS has none)."""
+    return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+
+
+def environment(device: str, load_at_start: list[float] | None = None) -> dict[str, Any]:
+    """The machine a measurement ran on, for the record: call it when the measurement ends.
+
+    CPU model, physical and logical cores, the threads torch uses, memory, Python / torch / timm / triton
+    versions, the device (the GPU's name, memory and CUDA version on CUDA), the git commit of this package's
+    checkout (with "-dirty" when it has uncommitted changes), and the load average at the start (`load_at_start`,
+    from `load_average()`) and now: on a shared CPU the load says how far the timings can be trusted.
+    """
     info: dict[str, Any] = {
+        "cpu": _cpu_name(),
+        "physical_cores": _physical_cores(),
+        "logical_cores": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "memory_gib": _memory_gib(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "timm": timm.__version__,
         "platform": platform.platform(),
+        "commit": _git_commit(),
+        "load_average_at_start": load_at_start,
+        "load_average_at_end": load_average(),
     }
     try:
         import triton as _triton
@@ -105,12 +137,65 @@ def environment(device: str) -> dict[str, Any]:
     except ImportError:
         info["triton"] = None
     if device == "cuda":
-        info["device"] = torch.cuda.get_device_name()
+        props = torch.cuda.get_device_properties(torch.cuda.current_device())
+        info["device"] = props.name
+        info["gpu_memory_gib"] = round(props.total_memory / 2**30, 1)
         info["cuda"] = torch.version.cuda
     else:
-        info["device"] = _cpu_name()
-        info["threads"] = torch.get_num_threads()
+        info["device"] = info["cpu"]
     return info
+
+
+def describe_environment(env: dict[str, Any]) -> str:
+    """One line naming the machine of a result (`environment`'s record), for the head of a printed table."""
+    cores = f"{env.get('physical_cores') or '?'} physical / {env.get('logical_cores') or '?'} logical cores"
+    parts = [f"{env['cpu']} ({cores}, {env.get('threads')} threads, {env.get('memory_gib') or '?'} GiB)"]
+    if env.get("cuda") is not None:
+        parts.insert(0, f"{env['device']} ({env.get('gpu_memory_gib')} GiB, CUDA {env['cuda']})")
+    parts.append(f"torch {env['torch']}, timm {env['timm']}, triton {env.get('triton')}, Python {env['python']}")
+    parts.append(f"commit {env.get('commit') or 'unknown'}")
+    start, end = env.get("load_average_at_start"), env.get("load_average_at_end")
+    if start or end:
+        fmt = lambda load: "?" if not load else f"{load[0]:.2f}"  # noqa: E731
+        parts.append(f"load {fmt(start)} -> {fmt(end)}")
+    return "machine: " + "; ".join(parts)
+
+
+def _physical_cores() -> int | None:
+    """Distinct (physical id, core id) pairs of /proc/cpuinfo (Linux); None elsewhere."""
+    try:
+        cores, physical = set(), "0"
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "physical id":
+                    physical = value.strip()
+                elif key.strip() == "core id":
+                    cores.add((physical, value.strip()))
+        return len(cores) or None
+    except OSError:
+        return None
+
+
+def _memory_gib() -> float | None:
+    try:
+        return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _git_commit() -> str | None:
+    """The commit of the checkout this package runs from ("-dirty" with uncommitted changes); None outside git."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        def git(*args: str) -> str:
+            return subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, timeout=10,
+                                  check=True).stdout.strip()
+
+        commit = git("rev-parse", "HEAD")
+        return commit + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def _cpu_name() -> str:
@@ -284,10 +369,12 @@ def _timed(step: Callable[[], Any], device: str) -> float:
 def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Measure every contestant at every resolution and mode; returns a JSON-ready dict (see `format_results`)."""
     prepare(cfg)
+    load_at_start = load_average()
     log(f"weightformer bench: {cfg.model} vs {_baseline(cfg)} on {cfg.device}")
     rows = []
     for resolution in cfg.resolutions:
         batch = cfg.batch_for(resolution)
+        macs = contestant_macs(cfg, resolution)
         images, labels = bench_inputs(cfg, resolution)
         for mode in cfg.modes:
             contestants = _contestants(cfg, resolution, mode, images, labels)
@@ -312,6 +399,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
                         median_s=median,
                         min_s=min(times[c.name]),
                         peak_memory_mb=memory[c.name],
+                        gmacs_per_image=macs[c.name.removesuffix("_compiled")] / 1e9,
                         times_s=times[c.name],
                     )
                 )
@@ -321,7 +409,17 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
                 )
             del contestants
             gc.collect()
-    return dict(config=asdict(cfg), environment=environment(cfg.device), rows=rows, ratios=_ratios(rows))
+    return dict(config=asdict(cfg), environment=environment(cfg.device, load_at_start), rows=rows,
+                ratios=_ratios(rows))
+
+
+def contestant_macs(cfg: BenchConfig, resolution: int) -> dict[str, int]:
+    """MACs per image of one forward pass, attention included, of each contestant kind ("wfm", "wfm_ref" and the
+    baseline's "deit" or "dit"; compiled ones are the same models)."""
+    kwargs = dict(cfg.model_kwargs, num_classes=cfg.num_classes)
+    wfm = macs_per_image(cfg.model, resolution, **kwargs).total
+    baseline = macs_per_image(_baseline(cfg), resolution, **kwargs).total
+    return {"wfm": wfm, "wfm_ref": wfm, ("dit" if cfg.task == "generation" else "deit"): baseline}
 
 
 def prepare(cfg: BenchConfig) -> None:
@@ -366,7 +464,8 @@ def _baseline(cfg: BenchConfig) -> str:
 
 
 def _ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per resolution and mode: throughput and memory of each WeightFormer contestant over DeiT's."""
+    """Per resolution and mode: the MAC ratio (baseline over WeightFormer, per image), and each WeightFormer
+    contestant's throughput over the baseline's, that over the MAC ratio (efficiency), and memory."""
     index = {(r["resolution"], r["mode"], r["contestant"]): r for r in rows}
     out = []
     for resolution, mode in dict.fromkeys((r["resolution"], r["mode"]) for r in rows):
@@ -377,7 +476,10 @@ def _ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             a, b = index.get((resolution, mode, wfm)), index.get((resolution, mode, deit))
             if a is None or b is None:
                 continue
+            mac_ratio = b["gmacs_per_image"] / a["gmacs_per_image"]
+            entry.setdefault("MAC ratio", mac_ratio)
             entry[f"{wfm}/{deit} speed"] = a["images_per_s"] / b["images_per_s"]
+            entry[f"{wfm}/{deit} efficiency"] = entry[f"{wfm}/{deit} speed"] / mac_ratio
             if a["peak_memory_mb"] and b["peak_memory_mb"]:
                 entry[f"{wfm}/{deit} memory"] = a["peak_memory_mb"] / b["peak_memory_mb"]
         out.append(entry)
@@ -385,12 +487,13 @@ def _ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def format_results(results: dict[str, Any]) -> str:
-    """The ratio table (one line per mode and resolution) followed by the raw throughputs."""
+    """The machine, the ratio table (one line per mode and resolution: MAC ratio, then each measured ratio and its
+    efficiency) and the raw throughputs."""
 
     ratios = results["ratios"]
     keys = [k for k in dict.fromkeys(k for e in ratios for k in e) if k not in ("resolution", "mode")]
     table = [[e["mode"], e["resolution"], *("-" if k not in e else f"{e[k]:.2f}x" for k in keys)] for e in ratios]
-    text = [format_table(["mode", "res", *keys], table), ""]
+    text = [describe_environment(results["environment"]), "", format_table(["mode", "res", *keys], table), ""]
     names = list(dict.fromkeys(r["contestant"] for r in results["rows"]))
     index = {(r["resolution"], r["mode"], r["contestant"]): r for r in results["rows"]}
     raw = []

@@ -33,7 +33,16 @@ import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from ..models import create_model, set_grad_checkpointing
-from .bench import BenchConfig, _timed, bench_inputs, cpu_memory_deltas, environment, prepare
+from .bench import (
+    BenchConfig,
+    _timed,
+    bench_inputs,
+    cpu_memory_deltas,
+    describe_environment,
+    environment,
+    load_average,
+    prepare,
+)
 from .summary import format_table
 
 __all__ = ["MEASURED", "run_checkpointing_bench", "format_checkpointing_results"]
@@ -122,6 +131,7 @@ def run_checkpointing_bench(cfg: BenchConfig, log: Callable[[str], None] = print
     and model_kwargs; training steps only, eager. Returns a JSON-ready dict (see `format_checkpointing_results`).
     """
     prepare(cfg)
+    load_at_start = load_average()
     log(f"weightformer bench --grad-checkpointing: {cfg.model} on {cfg.device}")
     rows = []
     for resolution in cfg.resolutions:
@@ -147,7 +157,7 @@ def run_checkpointing_bench(cfg: BenchConfig, log: Callable[[str], None] = print
         del steps
         gc.collect()
     return dict(bench="grad_checkpointing", measured=MEASURED, config=asdict(cfg),
-                environment=environment(cfg.device), rows=rows, ratios=_ratios(rows))
+                environment=environment(cfg.device, load_at_start), rows=rows, ratios=_ratios(rows))
 
 
 def _ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -170,5 +180,6 @@ def format_checkpointing_results(results: dict[str, Any]) -> str:
     headers = ["res", "batch", "checkpointing", "activations MiB", "peak MiB", "s/step"]
     keys = ["activations off/on", "peak off/on", "step time on/off"]
     ratios = [[e["resolution"], *(f"{e[k]:.2f}x" for k in keys)] for e in results["ratios"]]
-    return "\n".join([format_table(headers, rows), "", format_table(["res", *keys], ratios), "",
+    return "\n".join([describe_environment(results["environment"]), "", format_table(headers, rows), "",
+                      format_table(["res", *keys], ratios), "",
                       f"Measured: {results['measured']}"])

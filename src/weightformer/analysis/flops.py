@@ -5,6 +5,12 @@ paper (which used fvcore) we halve its FLOPs and add what fvcore also counts: La
 affine, 4 otherwise) and adaptive average pooling (1 per input element). Scaled dot-product attention on the
 CPU is added too, so attention baselines are counted whichever SDPA kernel runs. Elementwise activations and
 additions are not counted, as in fvcore. Models are run on the "meta" device: no memory, no compute.
+
+Attention is also counted on its own (`MacCount.attention`), from the shapes of every
+`F.scaled_dot_product_attention` call: softmax(Q K^T / sqrt(d)) V over N query and M key tokens, h heads of
+width d (value width e), costs h * N * M * d MACs for Q K^T and h * N * M * e for the product with V, i.e.
+2 * N^2 * C per layer for self-attention of width C = h * d (the softmax is elementwise, not counted). Those are
+the terms that grow with N^2; PyTorch's counter sees them only for the SDPA kernels it knows (not the CPU one).
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 __all__ = ["MacCount", "count_macs", "count_call_macs"]
@@ -43,10 +51,12 @@ _FVCORE_EXTRAS = {
 
 @dataclass
 class MacCount:
-    """MACs of one forward pass, in total and per module path (e.g. "blocks.1.mlp.fc1")."""
+    """MACs of one forward pass, in total and per module path (e.g. "blocks.1.mlp.fc1"); `attention` is the part
+    of the total spent in attention's Q K^T and AV products (0 for attention-free models)."""
 
     total: int
     by_module: dict[str, int] = field(default_factory=dict)
+    attention: int = 0
 
     @property
     def gmacs(self) -> float:
@@ -65,11 +75,12 @@ def count_call_macs(model: nn.Module, *args: Any) -> MacCount:
 
     meta_model = copy.deepcopy(model).to("meta").eval()
     counter = FlopCounterMode(display=False, custom_mapping=_FVCORE_EXTRAS)
+    attention = _AttentionMacs()
     # The layers run their reference path while FlopCounterMode watches (it registers global module hooks,
     # see `kernels.reference_enabled`), the paper's convention (fvcore on the released code): the fast path
     # computes the same function with slightly fewer MACs (its dynamic linear update is summed in the
     # rank-reduced space where that is cheaper), a property of the kernels, not of the model.
-    with counter, torch.no_grad():
+    with counter, attention, torch.no_grad():
         meta_model(*(_to_meta(a) for a in args))
     counts = counter.get_flop_counts()
     root = type(model).__name__
@@ -78,7 +89,23 @@ def count_call_macs(model: nn.Module, *args: Any) -> MacCount:
         if name == root or name.startswith(root + "."):
             by_module[name[len(root) + 1 :]] = sum(ops.values()) // 2
     total = sum(counts["Global"].values()) // 2
-    return MacCount(total=total, by_module=by_module)
+    return MacCount(total=total, by_module=by_module, attention=attention.macs)
+
+
+class _AttentionMacs(TorchFunctionMode):
+    """Adds up the MACs of attention's two products from the shapes of each F.scaled_dot_product_attention call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.macs = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.scaled_dot_product_attention:
+            query, key, value = (*args, *(kwargs[k] for k in ("query", "key", "value")[len(args):]))[:3]
+            # query (..., h, N, d), key (..., h_kv, M, d), value (..., h_kv, M, e); every query head attends
+            self.macs += prod(query.shape[:-1]) * key.shape[-2] * (query.shape[-1] + value.shape[-1])
+        return func(*args, **kwargs)
 
 
 def _to_meta(value: Any) -> Any:

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-import timm
 import torch
 import torch.nn as nn
 
 from ..models import MODEL_CONFIGS, create_model
-from .flops import count_macs
+from ..models.dit import DIT_MODELS
+from .flops import MacCount, count_call_macs, count_macs
 
 __all__ = [
     "DEIT_OF_WIDTH",
@@ -18,6 +18,7 @@ __all__ = [
     "ScalingRow",
     "format_table",
     "layer_costs",
+    "macs_per_image",
     "model_rows",
     "scaling_rows",
 ]
@@ -87,6 +88,22 @@ def layer_costs(model: nn.Module, img_size: tuple[int, int]) -> list[LayerCost]:
     return rows
 
 
+def macs_per_image(name: str, resolution: int, **model_kwargs) -> MacCount:
+    """MACs of one forward pass on one input of side `resolution`, attention's N^2 products included.
+
+    `name`: a classifier (WeightFormer or a timm baseline such as DeiT; `resolution` is the image side) or a
+    WeightFormer-DiT / DiT name (`resolution` is the latent side; one latent, its timestep and label). The one
+    count `weightformer bench` and `scaling_rows` set their measurements beside.
+    """
+    if name in DIT_MODELS:
+        model = _on_meta(lambda: create_model(name, input_size=resolution, **model_kwargs))
+        channels = model.in_channels
+        latent = torch.empty(1, channels, resolution, resolution)
+        return count_call_macs(model, latent, torch.zeros(1), torch.zeros(1, dtype=torch.long))
+    model = _on_meta(lambda: create_model(name, img_size=resolution, **model_kwargs))
+    return count_macs(model, (getattr(model, "in_chans", 3), resolution, resolution))
+
+
 @dataclass
 class ScalingRow:
     resolution: int
@@ -104,8 +121,7 @@ def scaling_rows(name: str, resolutions: list[int], **model_kwargs) -> tuple[str
     rows = []
     for res in resolutions:
         wfm = count_macs(model, (model.in_chans, res, res)).gmacs
-        deit = _on_meta(lambda res=res: timm.create_model(deit_name, img_size=res))
-        deit_gmacs = count_macs(deit, (3, res, res)).gmacs
+        deit_gmacs = macs_per_image(deit_name, res).gmacs
         rows.append(ScalingRow(res, wfm, deit_gmacs, deit_gmacs / wfm))
     return deit_name, rows
 

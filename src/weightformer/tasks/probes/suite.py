@@ -17,7 +17,6 @@ import contextlib
 import itertools
 import json
 import os
-import platform
 import threading
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -27,6 +26,7 @@ from typing import Any
 
 import torch
 
+from ...analysis.bench import environment, load_average
 from .data import PROBE_TASKS, Knobs, static_receptive_field
 from .models import DEFAULT_SIZES, build_probe_model
 from .published import NO_DISTANCE
@@ -174,12 +174,6 @@ def run_one(key: dict[str, Any], cfg: SuiteConfig) -> dict[str, Any]:
 #################################################################################
 
 
-def _environment(cfg: SuiteConfig) -> dict[str, Any]:
-    load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    return {"torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
-            "cpus": os.cpu_count(), "load_average_at_start": load, "device": cfg.device}
-
-
 def run_suite(cfg: SuiteConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every run of `cfg` (skipping those <out>/probes.json already holds, with `resume`); the results."""
     cfg.check()
@@ -191,7 +185,8 @@ def run_suite(cfg: SuiteConfig, log: Callable[[str], None] = print) -> dict[str,
         rows = json.loads(json_path.read_text()).get("runs", [])
     done = {tuple(row[k] for k in ("task", "resolution", "distance", "model", "seed")) for row in rows}
     todo = [key for key in cfg.runs() if tuple(key.values()) not in done]
-    results = {"config": asdict(cfg), "environment": _environment(cfg), "runs": rows,
+    load_at_start = load_average()
+    results = {"config": asdict(cfg), "environment": environment(cfg.device, load_at_start), "runs": rows,
                "static_receptive_field_px": static_receptive_field(cfg.sizes["patch"], cfg.sizes["depth"])}
     total = len(rows) + len(todo)
     log(f"{len(todo)} run(s) to do ({len(rows)} already in {json_path}), {cfg.jobs} at a time.")
@@ -199,6 +194,7 @@ def run_suite(cfg: SuiteConfig, log: Callable[[str], None] = print) -> dict[str,
     def record(row: dict[str, Any]) -> None:
         rows.append(row)
         results["summary"] = summarise(rows)
+        results["environment"] = environment(cfg.device, load_at_start)  # the load so far
         json_path.write_text(json.dumps(results, indent=2))
         log(f"[{len(rows)}/{total}] {_run_name(row)}: {row['accuracy']:.1f} % "
             f"({row['train_images_per_second']:.0f} train img/s)")
