@@ -245,6 +245,7 @@ def test_tiny_suite_writes_json_table_and_plot(tmp_path, capsys):
                       sizes=dict(width=16, depth=2, patch=4), jobs=0, out=str(out), resume=True)
     resumed = run_suite(cfg, log=lambda line: None)
     assert len(resumed["runs"]) == 5
+    assert set(resumed["cost"]) == {"static", "weightformer:linear=query_pool"}  # earlier specs' costs kept
 
 
 def test_probe_cli_errors_are_one_line(tmp_path, capsys):

@@ -181,8 +181,10 @@ def run_suite(cfg: SuiteConfig, log: Callable[[str], None] = print) -> dict[str,
     out.mkdir(parents=True, exist_ok=True)
     json_path = out / "probes.json"
     rows: list[dict[str, Any]] = []
+    known_cost: dict[str, Any] = {}
     if cfg.resume and json_path.is_file():
-        rows = json.loads(json_path.read_text()).get("runs", [])
+        previous = json.loads(json_path.read_text())
+        rows, known_cost = previous.get("runs", []), previous.get("cost", {})
     done = {tuple(row[k] for k in ("task", "resolution", "distance", "model", "seed")) for row in rows}
     todo = [key for key in cfg.runs() if tuple(key.values()) not in done]
     load_at_start = load_average()
@@ -210,7 +212,8 @@ def run_suite(cfg: SuiteConfig, log: Callable[[str], None] = print) -> dict[str,
             for future in as_completed([pool.submit(run_one, key, cfg) for key in todo]):
                 record(future.result())
     results["summary"] = summarise(rows)
-    results["cost"] = {spec: model_cost(spec, cfg.sizes, cfg.resolutions) for spec in cfg.models}
+    # Costs of the specs of earlier invocations (resumed) are kept: the table covers every model it lists.
+    results["cost"] = {**known_cost, **{spec: model_cost(spec, cfg.sizes, cfg.resolutions) for spec in cfg.models}}
     json_path.write_text(json.dumps(results, indent=2))
     return results
 
