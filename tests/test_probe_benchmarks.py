@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from image_helpers import components as components_of
 from weightformer.tasks.probes import (
     Knobs,
     ProbeDataset,
@@ -22,22 +23,6 @@ from weightformer.tasks.probes import (
 def _draw(draw, knobs: Knobs, index: int, seed: int = 0):
     """(image (R, R, 3) in [0, 1], metadata) of dataset item `index`, checked against ProbeDataset's pixels."""
     return draw(index % 2, knobs, np.random.default_rng([seed, 0, index]))
-
-
-def _components(mask: np.ndarray) -> np.ndarray:
-    """8-connected component ids of a boolean mask (0: background), by flood fill."""
-    labelled, count = np.zeros(mask.shape, dtype=int), 0
-    for start in zip(*np.nonzero(mask), strict=True):
-        if labelled[start]:
-            continue
-        count += 1
-        stack = [start]
-        while stack:
-            r, c = stack.pop()
-            if 0 <= r < mask.shape[0] and 0 <= c < mask.shape[1] and mask[r, c] and not labelled[r, c]:
-                labelled[r, c] = count
-                stack += [(r + dr, c + dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1) if dr or dc]
-    return labelled
 
 
 @pytest.mark.parametrize("task,knobs", [("psvrt", Knobs(resolution=32)),
@@ -89,7 +74,7 @@ def test_pathfinder_markers_joined_by_ink_iff_label_with_the_stated_contours():
         step = np.linalg.norm(contours[0][1:, 0] - contours[0][:-1, 0], axis=1)
         np.testing.assert_allclose(step, 1.5, atol=1e-6)  # paddle 1 + gap 0.5 px at 32
         # On the pixels: flood fill over the ink from one marker reaches the other iff label 1.
-        components = _components(image[..., 0] > 0.5)
+        components, _ = components_of(image[..., 0] > 0.5, connectivity=8)
         (ra, ca), (rb, cb) = meta["markers"].astype(int)
         assert components[ra, ca] and components[rb, cb]
         assert (components[ra, ca] == components[rb, cb]) == bool(label), i

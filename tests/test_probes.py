@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from image_helpers import components
 from weightformer.cli.main import main
 from weightformer.layers.common import softmax_pool
 from weightformer.tasks.probes import (
@@ -87,22 +88,6 @@ def test_same_different_colour_of_each_square_says_nothing_and_the_squares_are_b
         assert all(abs(n - 30) < 18 for n in marginal[label].values()), marginal
 
 
-def _components(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """4-connected components of a boolean mask (plain flood fill)."""
-    labelled, count = np.zeros(mask.shape, dtype=int), 0
-    for start in zip(*np.nonzero(mask), strict=True):
-        if labelled[start]:
-            continue
-        count += 1
-        stack = [start]
-        while stack:
-            r, c = stack.pop()
-            if 0 <= r < mask.shape[0] and 0 <= c < mask.shape[1] and mask[r, c] and not labelled[r, c]:
-                labelled[r, c] = count
-                stack += [(r + 1, c), (r - 1, c), (r, c + 1), (r, c - 1)]
-    return labelled, count
-
-
 def test_context_label_is_cue_xor_shape_and_each_alone_is_uniform():
     dataset = ProbeDataset("context", KNOBS_96, 200)
     seen = Counter()
@@ -125,7 +110,7 @@ def test_count_label_is_equal_counts_in_the_end_bands():
     for i in range(len(dataset)):
         image, label = _image(dataset, i)
         white = image.min(axis=-1) > 0.8  # counted objects are white; distractors grey, background dark
-        labelled, count = _components(white)
+        labelled, count = components(white)
         centres = [np.argwhere(labelled == k).mean(axis=0) for k in range(1, count + 1)]
         # The bands lie along one axis: split the objects at the middle of that axis.
         axis = int(np.ptp([c[1] for c in centres]) > np.ptp([c[0] for c in centres]))

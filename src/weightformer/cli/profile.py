@@ -8,9 +8,8 @@ import sys
 from pathlib import Path
 
 from ..analysis.profile import ProfileConfig, format_profile, run_profile
+from .bench import _VARIANTS
 from .options import add_output
-
-_VARIANTS = {"tiny": "weightformer_tiny", "small": "weightformer_small"}
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
