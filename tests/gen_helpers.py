@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from weightformer.models import create_model
@@ -25,3 +26,9 @@ def write_dit_checkpoint(path, num_classes: int = 3, image_size: int = 8, vae: s
     torch.save(dict(model=model.state_dict(), ema=ema, config=config, task="generation", epoch=1, optimizer={},
                     class_names=[f"c{i}" for i in range(num_classes)]), path)
     return path
+
+
+def read_npz(path):
+    """The images and labels of an ADM-style samples.npz (arr_0, arr_1)."""
+    with np.load(path) as npz:
+        return npz["arr_0"], npz["arr_1"]

@@ -9,21 +9,11 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from gen_helpers import write_dit_checkpoint
+from gen_helpers import read_npz
 from weightformer.cli.main import main
 from weightformer.tasks.generation import sample as sample_module
 from weightformer.tasks.generation.sample import sample_to_files
 from weightformer.tasks.generation.shards import ShardPlan, draw_shards, merge_shards
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return write_dit_checkpoint(tmp_path_factory.mktemp("dit") / "dit.pth")
-
-
-def _npz(path):
-    with np.load(path) as npz:
-        return npz["arr_0"], npz["arr_1"]
 
 
 def _counting_sampler(monkeypatch, stop_at: int | None = None) -> list[int]:
@@ -46,20 +36,20 @@ def _counting_sampler(monkeypatch, stop_at: int | None = None) -> list[int]:
     return calls
 
 
-def test_an_interrupted_run_resumes_without_redrawing_finished_shards(checkpoint, tmp_path, monkeypatch, capsys,
+def test_an_interrupted_run_resumes_without_redrawing_finished_shards(dit_checkpoint, tmp_path, monkeypatch, capsys,
                                                                        one_thread):
     settings = dict(num_samples=11, steps=2, cfg_scale=2.0, seed=1, batch_size=2, shard_batches=2)  # 3 shards
-    whole = sample_to_files(checkpoint, tmp_path / "whole", **settings)
+    whole = sample_to_files(dit_checkpoint, tmp_path / "whole", **settings)
     assert whole["shards"] == 3 and whole["drawn_batches"] == 6 and whole["resumed_shards"] == 0
     out = tmp_path / "out"
     with monkeypatch.context() as patch:
         _counting_sampler(patch, stop_at=6)  # shards 0 and 1 written, stopped within shard 2
         with pytest.raises(KeyboardInterrupt):
-            sample_to_files(checkpoint, out, **settings)
+            sample_to_files(dit_checkpoint, out, **settings)
     assert sorted(p.name for p in (out / "shards").iterdir()) == ["run.json", "shard000000.npz", "shard000001.npz"]
     assert not (out / "samples.npz").exists()
     # Another seed would mix two sets of samples: refused in one line, nothing touched.
-    argv = ["dit", "sample", str(checkpoint), "-o", str(out), "--num-samples", "11", "--steps", "2", "--cfg-scale",
+    argv = ["dit", "sample", str(dit_checkpoint), "-o", str(out), "--num-samples", "11", "--steps", "2", "--cfg-scale",
             "2", "--seed", "2", "--batch-size", "2", "--shard-batches", "2"]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -69,9 +59,9 @@ def test_an_interrupted_run_resumes_without_redrawing_finished_shards(checkpoint
     damaged = out / "shards" / "shard000001.npz"
     damaged.write_bytes(damaged.read_bytes()[:100])
     calls = _counting_sampler(monkeypatch)
-    resumed = sample_to_files(checkpoint, out, **settings)
+    resumed = sample_to_files(dit_checkpoint, out, **settings)
     assert len(calls) == 4 and resumed["drawn_batches"] == 4 and resumed["resumed_shards"] == 1
-    for a, b in zip(_npz(whole["npz"]), _npz(resumed["npz"]), strict=True):
+    for a, b in zip(read_npz(whole["npz"]), read_npz(resumed["npz"]), strict=True):
         assert np.array_equal(a, b)
     assert sorted(p.name for p in out.iterdir()) == ["samples.npz", "samples.png"]  # shards gone
 
@@ -98,7 +88,7 @@ def test_a_process_holds_one_shard_and_the_merge_one_batch(tmp_path):
     shard, batch, grid = 40 * image, 10 * image, 3 * 8 * image
     assert drawing_peak < shard + batch + 64_000, drawing_peak
     assert merge_peak < 5 * batch + grid + 64_000, merge_peak  # a batch, and zipfile's copies of it as it is read
-    images, stored = _npz(tmp_path / "samples.npz")
+    images, stored = read_npz(tmp_path / "samples.npz")
     assert np.array_equal(images[:, 0, 0, 0], np.arange(400) // 10) and np.array_equal(stored, labels)
     assert grids[0].shape == (3, 8, 64, 64, 3)  # a row per class
     assert grids[0][0, :, 0, 0, 0].tolist() == [0, 0, 0, 0, 1, 1, 1, 2]  # samples 0, 3, ..., 21 of class 0
