@@ -12,9 +12,7 @@ import torch
 from PIL import Image
 from scipy.spatial.distance import cdist
 
-from train_helpers import tiny_config, tiny_dataset
 from weightformer.cli.main import main
-from weightformer.tasks.classification import train
 from weightformer.tasks.generation.images import NpzWriter, load_images, open_images
 from weightformer.tasks.generation.metrics import (
     INCEPTION_KEY,
@@ -286,16 +284,8 @@ def _npz(tmp_path, name, n, seed=0):
 # --- the command --------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def classifier(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cls")
-    data = tiny_dataset(root / "data")
-    run = train(tiny_config(data, root / "runs", epochs=1, batch_size=9))
-    return data, run["run_dir"] / "checkpoints" / "last.pth"
-
-
-def test_dit_fid_caches_reference_statistics_and_reads_them_back(classifier, tmp_path, capsys):
-    data, checkpoint = classifier
+def test_dit_fid_caches_reference_statistics_and_reads_them_back(judge_classifier, tmp_path, capsys):
+    data, checkpoint = judge_classifier
     images = load_images(data / "train")
     np.savez(tmp_path / "samples.npz", images, np.arange(36) // 4)
     base = ["--classifier", str(checkpoint), "--splits", "2", "--json"]
@@ -323,8 +313,8 @@ def test_dit_fid_caches_reference_statistics_and_reads_them_back(classifier, tmp
 
 
 @pytest.mark.parametrize("case", ["one-source", "missing-out-dir", "prc", "stats-space", "empty-folder"])
-def test_dit_fid_refuses_in_one_line_and_writes_nothing(classifier, tmp_path, capsys, case):
-    data, checkpoint = classifier
+def test_dit_fid_refuses_in_one_line_and_writes_nothing(judge_classifier, tmp_path, capsys, case):
+    data, checkpoint = judge_classifier
     np.savez(tmp_path / "s.npz", _images(6, 0, (16, 16)))
     np.savez(tmp_path / "inception-stats.npz", extractor=np.str_(INCEPTION_KEY), mu=np.zeros(3), sigma=np.eye(3))
     (tmp_path / "empty").mkdir()

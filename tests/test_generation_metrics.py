@@ -10,9 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from train_helpers import tiny_config, tiny_dataset
 from weightformer.cli.main import main
-from weightformer.tasks.classification import train
 from weightformer.tasks.generation.metrics import (
     classifier_scorer,
     frechet_distance,
@@ -77,16 +75,8 @@ def test_inception_score_against_a_loop_reference_and_its_extremes():
     assert inception_score(np.full((30, 6), 1 / 6), splits=3)[0] == pytest.approx(1.0)  # no idea
 
 
-@pytest.fixture(scope="module")
-def classifier(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cls")
-    data = tiny_dataset(root / "data")
-    run = train(tiny_config(data, root / "runs", epochs=1, batch_size=9))
-    return data, run["run_dir"] / "checkpoints" / "last.pth"
-
-
-def test_classifier_features_are_the_pre_logits_of_its_predictions(classifier):
-    data, checkpoint = classifier
+def test_classifier_features_are_the_pre_logits_of_its_predictions(judge_classifier):
+    data, checkpoint = judge_classifier
     images = load_images(data / "val")
     assert images.shape == (18, 16, 16, 3) and images.dtype == np.uint8
     features, probs = classifier_scorer(checkpoint, batch_size=5)(images)
@@ -101,8 +91,8 @@ def test_classifier_features_are_the_pre_logits_of_its_predictions(classifier):
     np.testing.assert_allclose(probs, expected.double().numpy(), atol=1e-5)
 
 
-def test_dit_fid_scores_samples_with_a_classifier(classifier, tmp_path, capsys):
-    data, checkpoint = classifier
+def test_dit_fid_scores_samples_with_a_classifier(judge_classifier, tmp_path, capsys):
+    data, checkpoint = judge_classifier
     images = load_images(data / "train")  # 36 images
     labels = np.arange(36) // 4  # the folders' order: 4 per class
     np.savez(tmp_path / "samples.npz", images, labels)
