@@ -1,25 +1,28 @@
 #!/usr/bin/env bash
-# The embedded classification, segmentation and detection defaults with the release's dynamic linear predictor
-# and with another one (default: normalized), one after the other; prints each run's last validation line.
-# Usage, from the repository root (EPOCHS=1 shortens every run to one epoch; unset: the recipes' epochs):
-#   [EPOCHS=1] bash benchmarks/defaults_predictor.sh [PREDICTOR] [OUT_DIR]
+# The embedded classification, segmentation, detection and generation defaults with the release's dynamic linear
+# predictor and with another one (default: normalized), one after the other; prints each run's last validation
+# line (generation: the judge's verdict on the guided samples).
+# Usage, from the repository root (EPOCHS=1 shortens every run to one epoch; unset: the recipes' epochs;
+# TASKS picks some of "cls seg det gen"):
+#   [EPOCHS=1] [TASKS="cls gen"] bash benchmarks/defaults_predictor.sh [PREDICTOR] [OUT_DIR]
 set -euo pipefail
 predictor=${1:-normalized}
 out=${2:-/tmp/defaults-predictor}
+tasks=${TASKS:-cls seg det gen}
 mkdir -p "$out"
 epochs=()
 if [ -n "${EPOCHS:-}" ]; then epochs=(--epochs "$EPOCHS"); fi
+declare -A command=([cls]="train" [seg]="segment train" [det]="detect train" [gen]="dit train")
 for linear in bilateral "$predictor"; do
-  # --model-kwargs replaces the recipe's dict: the recipes' own sizes (configs/*synthetic.yaml) are repeated here.
-  weightformer classify train "${epochs[@]}" --progress false --output-dir "$out/$linear" \
-    --model-kwargs "{embed_dim: 64, depth: 6, patch_size: 4, linear_predictor: $linear}" > "$out/$linear-cls.txt" 2>&1
-  weightformer segment train "${epochs[@]}" --progress false --output-dir "$out/$linear" \
-    --model-kwargs "{embed_dim: 64, depth: 6, linear_predictor: $linear}" > "$out/$linear-seg.txt" 2>&1
-  weightformer detect train "${epochs[@]}" --progress false --output-dir "$out/$linear" \
-    --model-kwargs "{embed_dim: 96, depth: 6, linear_predictor: $linear}" > "$out/$linear-det.txt" 2>&1
+  for task in $tasks; do
+    # --model-kwargs adds the predictor to the recipe's sizes (configs/*synthetic.yaml).
+    # shellcheck disable=SC2086
+    weightformer ${command[$task]} "${epochs[@]}" --progress false --output-dir "$out/$linear" \
+      --model-kwargs "{linear_predictor: $linear}" > "$out/$linear-$task.txt" 2>&1
+  done
 done
-for task in cls seg det; do
+for task in $tasks; do
   for linear in bilateral "$predictor"; do
-    echo "$task $linear: $(grep -E 'val_|Done' "$out/$linear-$task.txt" | tail -n 1)"
+    echo "$task $linear: $(grep -E 'val_|Done|judge' "$out/$linear-$task.txt" | tail -n 1)"
   done
 done

@@ -9,12 +9,13 @@ from weightformer.models import create_model
 
 
 def write_dit_checkpoint(path, num_classes: int = 3, image_size: int = 8, vae: str | None = None, seed: int = 0,
-                         vae_factor: int = 8):
+                         vae_factor: int = 8, **model_kwargs):
     """A checkpoint as `weightformer dit train` writes it, of a tiny randomly initialised WeightFormer-DiT whose
     output layers are not zero (so samples depend on the labels). image_size: the model's input side (latent
-    cells when vae is set; the config then records image_size * vae_factor pixels)."""
+    cells when vae is set; the config then records image_size * vae_factor pixels). model_kwargs: further
+    constructor arguments, recorded in the config's model_kwargs."""
     torch.manual_seed(seed)
-    kwargs = dict(hidden_size=16, depth=2, mlp_ratio=2.0)
+    kwargs = dict(hidden_size=16, depth=2, mlp_ratio=2.0, **model_kwargs)
     model = create_model("weightformer_dit_s_2", input_size=image_size, in_channels=4 if vae else 3,
                          num_classes=num_classes, **kwargs)
     for p in model.parameters():

@@ -15,7 +15,7 @@ from weightformer import (
     kernels,
     load_dit_checkpoint,
 )
-from weightformer.models.dit import sincos_pos_embed_2d
+from weightformer.models.dit import DiTBlock, sincos_pos_embed_2d
 
 SMALL = dict(input_size=8, patch_size=2, hidden_size=48, depth=4, num_classes=10)
 
@@ -193,3 +193,53 @@ def test_the_attention_baseline_is_dits_block_with_sdpa(size):
     assert len(baseline.blocks) == 15 and baseline.hidden_size == 384 and baseline.blocks[0].token_mixer.num_heads == 6
     with pytest.raises(ValueError, match="mixer must be 'dwconv' or 'attention'"):
         _model(mixer="conv")
+
+
+def _randomize_conditioning(module: torch.nn.Module) -> None:
+    """adaLN-Zero starts every gate at 0 (a block is the identity at init), and predictors may start their output
+    at 0 too: give every zero parameter something to pass."""
+    for param in module.parameters():
+        if param.abs().sum() == 0:
+            torch.nn.init.normal_(param, std=0.2)
+
+
+@pytest.mark.parametrize("linear, conv", [("normalized", "adaptive"), ("agent", "query_pool"), ("bilateral", "gap")])
+def test_predictor_options_reach_every_dynamic_block_and_only_those(linear, conv):
+    model = _model(linear_predictor=linear, conv_predictor=conv)
+    for i, block in enumerate(model.blocks):
+        if i in model.dynamic_indices:
+            assert (block.mlp.fc1.predictor_name, block.token_mixer.predictor_name) == (linear, conv)
+        else:
+            assert type(block.mlp.fc1) is torch.nn.Linear and not hasattr(block.token_mixer, "predictor_name")
+    with pytest.raises(ValueError, match="Unknown dynamic linear predictor 'nope'"):
+        _model(linear_predictor="nope")
+    with pytest.raises(ValueError, match="Unknown dynamic conv predictor 'nope'"):
+        _model(conv_predictor="nope")
+
+
+@pytest.mark.parametrize("linear", ["normalized", "agent"])
+def test_dynamic_block_with_another_predictor_sees_the_whole_grid_in_one_step(linear):
+    """One token at a corner changes the opposite corner after one dynamic block (its predictors pool the whole
+    grid), never after a static one (a 3x3 conv reaches one token away)."""
+    torch.manual_seed(0)
+    blocks = {kind: DiTBlock(48, dynamic=kind == "dynamic", linear_predictor=linear).double().eval()
+              for kind in ("dynamic", "static")}
+    x = torch.randn(2, 7, 9, 48, dtype=torch.float64)
+    c = torch.randn(2, 48, dtype=torch.float64)
+    moved = x.clone()
+    moved[:, 0, 0] = torch.randn(2, 48, dtype=torch.float64)  # (not a constant shift: LN1 would remove it)
+    for kind, block in blocks.items():
+        _randomize_conditioning(block)
+        far = (block(moved, c) - block(x, c))[:, -1, -1].abs().max().item()
+        assert (far > 1e-6) == (kind == "dynamic"), (kind, far)
+
+
+def test_generation_checkpoint_keeps_its_predictor(tmp_path):
+    from gen_helpers import write_dit_checkpoint
+    from weightformer.tasks.loader import load_run_model
+
+    path = write_dit_checkpoint(tmp_path / "dit.pth", linear_predictor="normalized")
+    model = load_run_model(path, "generation").model
+    assert {b.mlp.fc1.predictor_name for b in model.blocks if b.dynamic} == {"normalized"}
+    saved = torch.load(path, weights_only=False)["ema"]
+    assert all(torch.equal(v, saved[f"module.{k}"]) for k, v in model.state_dict().items())

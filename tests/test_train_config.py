@@ -94,3 +94,16 @@ def test_schedule_warms_up_per_step_then_cosine_to_min_lr():
     assert lr[warmup - 1] == pytest.approx(5e-7 + (2e-3 - 5e-7) * (warmup - 1) / warmup)  # ramps to the peak
     assert all(a > b for a, b in zip(lr[warmup:], lr[warmup + 1 :], strict=False))  # then only decreases
     assert lr[total] == pytest.approx(5e-6)
+
+
+def test_model_kwargs_flag_adds_to_the_recipes_mapping_and_other_flags_replace():
+    args = build_parser().parse_args(
+        ["train", "--config", "synthetic", "--model-kwargs", "{linear_predictor: normalized, depth: 3}",
+         "--synthetic", "{}"]
+    )
+    cfg = config_from_args(args, "classification")
+    # the recipe's width and patch stay, depth is replaced, the predictor is added
+    assert cfg.model_kwargs == {"embed_dim": 64, "depth": 3, "patch_size": 4, "linear_predictor": "normalized"}
+    assert cfg.synthetic == {}  # an empty mapping turns the embedded dataset off, as before
+    # Python callers state whole values
+    assert load_config("classification", "synthetic", model_kwargs={"depth": 3}).model_kwargs == {"depth": 3}

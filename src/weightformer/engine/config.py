@@ -4,7 +4,8 @@
 each task subclasses it with its own data, model and loss values (`ClassificationConfig`, ...). A recipe file
 (`configs/<name>.yaml`) states a whole recipe; command-line flags (`--epochs 5`, `--model-kwargs '{embed_dim:
 64}'`) override single values. Values on the command line are parsed as YAML, so lists, numbers, booleans and
-`null` are written the way they are in the files.
+`null` are written the way they are in the files. `--model-kwargs` adds its keys to the recipe's mapping (a
+key it names replaces the recipe's value); every other flag replaces the recipe's value whole.
 
 Fields marked `free` can change between a run and its resumption without changing what the run computes
 (logging, workers, where checkpoints go). Every other field defines the run: `resume_differences` lists the
@@ -384,13 +385,21 @@ def _read_recipe(path: Path) -> dict[str, Any]:
     return values
 
 
-def load_config(config_class: type[C], config_dir: Path, name_or_path: str | Path | None, **overrides: Any) -> C:
-    """`config_class`'s defaults, updated by a recipe (a name in `config_dir` or a path), updated by `overrides`."""
+def load_config(config_class: type[C], config_dir: Path, name_or_path: str | Path | None,
+                merged: tuple[str, ...] = (), **overrides: Any) -> C:
+    """`config_class`'s defaults, updated by a recipe (a name in `config_dir` or a path), updated by `overrides`.
+
+    An override replaces the recipe's value, except for the mapping fields named in `merged`: their keys update
+    the recipe's mapping one by one (what the command line does for `--model-kwargs`).
+    """
     values: dict[str, Any] = {}
     if name_or_path is not None:
         path = _recipe_path(name_or_path, config_dir)
         values = _read_recipe(path)
         values.setdefault("recipe", path.stem)
+    for key in merged:
+        if isinstance(values.get(key), dict) and isinstance(overrides.get(key), dict):
+            overrides[key] = {**values[key], **overrides[key]}
     values.update(overrides)
     return config_class.from_dict(values)
 
@@ -434,6 +443,11 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_class: type[Eng
                            metavar="V", help=_describe(tp, rule).replace("%", "%%"))
 
 
+# Flags that add to the recipe's mapping rather than replace it: `--model-kwargs "{linear_predictor: agent}"` keeps
+# the recipe's sizes. (`--synthetic {}` still replaces: it turns the embedded dataset off.)
+MERGED_FLAGS = ("model_kwargs",)
+
+
 def config_from_args(args: argparse.Namespace, config_class: type[C], config_dir: Path) -> C:
     overrides = {k.removeprefix("override_"): v for k, v in vars(args).items() if k.startswith("override_")}
-    return load_config(config_class, config_dir, args.config, **overrides)
+    return load_config(config_class, config_dir, args.config, merged=MERGED_FLAGS, **overrides)

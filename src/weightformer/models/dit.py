@@ -16,7 +16,7 @@ for the actual grid.
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -139,9 +139,9 @@ class LabelEmbedder(nn.Module):
 class Mlp(nn.Module):
     """fc2(GELU_tanh(fc1(x))) on channels-last tokens; fc1 is a `DynamicLinear` in dynamic blocks."""
 
-    def __init__(self, dim: int, hidden_dim: int, dynamic: bool) -> None:
+    def __init__(self, dim: int, hidden_dim: int, dynamic: bool, predictor: str = "bilateral") -> None:
         super().__init__()
-        self.fc1 = DynamicLinear(dim, hidden_dim) if dynamic else nn.Linear(dim, hidden_dim)
+        self.fc1 = DynamicLinear(dim, hidden_dim, predictor=predictor) if dynamic else nn.Linear(dim, hidden_dim)
         self.act = nn.GELU(approximate="tanh")  # DiT's approximate GELU (the classifier's is exact)
         self.fc2 = nn.Linear(hidden_dim, dim)
 
@@ -180,20 +180,22 @@ class DiTBlock(nn.Module):
     every block, static or dynamic) and its weights depend on it. Neither LayerNorm has affine parameters.
 
     mixer="attention" is DiT's own block, the baseline: multi-head self-attention (SDPA) as the mixer, in DiT's
-    pre-norm form x = x + gate1 * Attn(modulate(LN1(x), shift1, scale1)).
+    pre-norm form x = x + gate1 * Attn(modulate(LN1(x), shift1, scale1)). linear_predictor and conv_predictor
+    name the dynamic layers' predictors (`weightformer.layers.LINEAR_PREDICTORS`, `CONV_PREDICTORS`).
     """
 
     def __init__(self, hidden_size: int, mlp_ratio: float = 4.0, dynamic: bool = False, mixer: str = "dwconv",
-                 num_heads: int = 1) -> None:
+                 num_heads: int = 1, linear_predictor: str = "bilateral", conv_predictor: str = "adaptive") -> None:
         super().__init__()
         self.dynamic, self.attention = dynamic, mixer == "attention"
         self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         if self.attention:
             self.token_mixer = Attention(hidden_size, num_heads)
         else:
-            self.token_mixer = DynamicDWConv2d(hidden_size, 3) if dynamic else DepthwiseConv(hidden_size)
+            mixer_class = partial(DynamicDWConv2d, predictor=conv_predictor) if dynamic else DepthwiseConv
+            self.token_mixer = mixer_class(hidden_size, 3)
         self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
-        self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio), dynamic)
+        self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio), dynamic, linear_predictor)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -238,6 +240,9 @@ class WeightFormerDiT(nn.Module):
         dynamic_blocks: placement of dynamic blocks, see `dynamic_block_indices` ("sparse" is the release's).
         mixer: "dwconv" (WeightFormer-DiT) or "attention" (DiT itself, the baseline: no dynamic blocks).
         num_heads: attention heads (mixer="attention"); default hidden_size // 64, DiT's head width.
+        linear_predictor: predictor of the dynamic MLP layers (`weightformer.layers.LINEAR_PREDICTORS`); the
+            release's is "bilateral".
+        conv_predictor: predictor of the dynamic depthwise convs (`weightformer.layers.CONV_PREDICTORS`).
     """
 
     def __init__(
@@ -254,6 +259,8 @@ class WeightFormerDiT(nn.Module):
         dynamic_blocks: str | list[int] = "sparse",
         mixer: str = "dwconv",
         num_heads: int | None = None,
+        linear_predictor: str = "bilateral",
+        conv_predictor: str = "adaptive",
     ) -> None:
         super().__init__()
         if mixer not in ("dwconv", "attention"):
@@ -275,7 +282,8 @@ class WeightFormerDiT(nn.Module):
         self.t_embedder = TimestepEmbedder(hidden_size)
         self.y_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout_prob)
         self.blocks = nn.ModuleList(
-            [DiTBlock(hidden_size, mlp_ratio, i in self.dynamic_indices, mixer, heads) for i in range(depth)]
+            [DiTBlock(hidden_size, mlp_ratio, i in self.dynamic_indices, mixer, heads, linear_predictor, conv_predictor)
+             for i in range(depth)]
         )
         self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
         self.initialize_weights()
