@@ -90,3 +90,42 @@ def test_factored_update_through_the_output_basis_first_equals_reference(grid):
     torch.testing.assert_close(y_fast, y_ref, rtol=1e-5, atol=1e-5)
     for g, r in zip(g_fast, g_ref, strict=True):
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4 * (r.abs().max().item() + 1))
+
+
+@pytest.mark.parametrize("mixer", ["dwconv", "attention"])
+def test_dit_cpu_inference_on_onednn_gemms_equals_reference_and_steps_aside_when_watched(mixer, monkeypatch):
+    from weightformer import WeightFormerDiT
+
+    calls = {"linear": 0, "linear_gelu": 0}
+
+    def counted(name, fn):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(kernels, "linear_inference", counted("linear", kernels.linear_inference))
+    monkeypatch.setattr(kernels, "linear_gelu_inference", counted("linear_gelu", kernels.linear_gelu_inference))
+    model = WeightFormerDiT(input_size=6, patch_size=2, hidden_size=32, depth=4, num_classes=5, mixer=mixer,
+                            num_heads=2).eval()
+    _randomise(model, seed=5)
+    gen = torch.Generator().manual_seed(1)
+    x, t, y = torch.randn(3, 4, 10, 6, generator=gen), torch.tensor([1, 500, 999]), torch.tensor([0, 4, 5])
+    with torch.inference_mode():
+        out = model(x, t, y)
+        fast_calls = dict(calls)
+        with kernels.use_reference():
+            ref = model(x, t, y)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+    static = 4 - len(model.dynamic_indices)
+    # Every MLP's fc2 and the final linear (and attention's qkv and proj) on oneDNN; fc1 + GELU where fc1 is static.
+    assert fast_calls == {"linear": 4 + 1 + (8 if mixer == "attention" else 0), "linear_gelu": static}
+    assert calls == fast_calls  # the reference path called neither
+
+    handle = model.blocks[0].mlp.fc2.register_forward_hook(lambda *args: None)
+    with torch.inference_mode():
+        model(x, t, y)
+    handle.remove()
+    assert calls["linear_gelu"] == 2 * static - 1  # the hooked MLP ran its modules
+    model(x, t, y)  # gradients recorded: plain modules only
+    assert calls["linear_gelu"] == 2 * static - 1

@@ -48,6 +48,7 @@ from .mlp import (
     global_module_hooks,
     linear_add_inference,
     linear_gelu_inference,
+    linear_inference,
     mlp_inference_fusable,
     onednn_inference,
     plain_linear,
@@ -70,6 +71,7 @@ __all__ = [
     "mlp_inference_fusable",
     "onednn_inference",
     "plain_linear",
+    "linear_inference",
     "linear_gelu_inference",
     "linear_add_inference",
 ]

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .mlp import onednn_inference
+from .mlp import linear_inference, onednn_inference
 
 __all__ = [
     "low_rank_outer_product_sum",
@@ -115,7 +115,7 @@ def apply_low_rank_dynamic_weight(
     batch, height, width, channels = x.shape
     tokens = x.reshape(batch, height * width, channels)  # (B, N, C)
     if onednn_inference(tokens, weight):  # CPU inference: oneDNN's GEMM, see kernels.mlp
-        y = torch.ops.mkldnn._linear_pointwise(tokens, weight, bias, "none", [], "none")  # (B, N, D)
+        y = linear_inference(tokens, weight, bias)  # (B, N, D)
     else:
         y = F.linear(tokens, weight, bias)  # (B, N, D): the static part, one GEMM over all B*N tokens
     y = y.baddbmm_(tokens @ input_basis.t(), rows.transpose(1, 2))  # + (x W1^T) R^T, in place

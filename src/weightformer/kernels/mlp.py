@@ -132,12 +132,12 @@ def mlp_inference_fusable(act: nn.Module, fc2: nn.Module, x: torch.Tensor) -> bo
     """Whether act and fc2 (and the residual add after them) may run as oneDNN GEMMs with fused epilogues.
 
     Only where nothing could tell: no gradients recorded (the fused kernels have no backward), fp32 CPU tensors
-    outside autocast, eager mode (torch.compile fuses by itself), plain nn.GELU / nn.Linear without hooks or
-    parametrizations (see `gelu_linear_fusable`).
+    outside autocast, eager mode (torch.compile fuses by itself), plain nn.GELU (exact or tanh) / nn.Linear
+    without hooks or parametrizations (see `gelu_linear_fusable`).
     """
     return (
         type(act) is nn.GELU
-        and act.approximate == "none"
+        and act.approximate in ("none", "tanh")
         and not _has_hooks(act)
         and plain_linear(fc2)
         and onednn_inference(x, fc2.weight)
@@ -154,9 +154,18 @@ def plain_linear(module: nn.Module) -> bool:
     )
 
 
-def linear_gelu_inference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """GELU(x W^T + b), bias and GELU in the GEMM's epilogue (no autograd). x: (..., C), weight: (D, C) -> (..., D)."""
-    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu", [], "none")
+def linear_inference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x W^T + b as one oneDNN GEMM, bias in its epilogue (no autograd; see `onednn_inference`).
+    x: (..., C), weight: (D, C) -> (..., D)."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "none")
+
+
+def linear_gelu_inference(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, approximate: str = "none"
+) -> torch.Tensor:
+    """GELU(x W^T + b), bias and GELU in the GEMM's epilogue (no autograd). x: (..., C), weight: (D, C) -> (..., D).
+    approximate: "none" (erf, the classifier's) or "tanh" (DiT's), as nn.GELU's."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu", [], approximate)
 
 
 def linear_add_inference(

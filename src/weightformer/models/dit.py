@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from .. import kernels
 from ..layers import DynamicDWConv2d, DynamicLinear
 from ..layers.common import to_nhwc
 from .checkpoint import CheckpointMismatchError, load_checkpoint, read_state_dict
@@ -136,8 +137,23 @@ class LabelEmbedder(nn.Module):
 #################################################################################
 
 
+def _linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """layer(x); in eager fp32 CPU inference with nothing watching, as a oneDNN GEMM with the bias in its epilogue
+    (`kernels.linear_inference`): the same function, rounded differently (a float32 ulp or so). Both mixers use
+    it, so WeightFormer-DiT and the attention DiT run their GEMMs on the same library."""
+    if not torch.jit.is_scripting():  # (TorchScript compiles only the plain call)
+        fast = not kernels.reference_enabled() and kernels.plain_linear(layer)
+        if fast and kernels.onednn_inference(x, layer.weight):
+            return kernels.linear_inference(x, layer.weight, layer.bias)
+    return layer(x)
+
+
 class Mlp(nn.Module):
-    """fc2(GELU_tanh(fc1(x))) on channels-last tokens; fc1 is a `DynamicLinear` in dynamic blocks."""
+    """fc2(GELU_tanh(fc1(x))) on channels-last tokens; fc1 is a `DynamicLinear` in dynamic blocks.
+
+    In eager fp32 CPU inference (`kernels.mlp_inference_fusable`) a plain fc1 runs as one oneDNN GEMM with its
+    bias and the GELU in the epilogue, and fc2 as another.
+    """
 
     def __init__(self, dim: int, hidden_dim: int, dynamic: bool, predictor: str = "bilateral") -> None:
         super().__init__()
@@ -147,6 +163,13 @@ class Mlp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (N, h, w, D) -> (N, h, w, D)."""
+        if not torch.jit.is_scripting():  # (TorchScript compiles only the plain path)
+            if not kernels.reference_enabled() and kernels.mlp_inference_fusable(self.act, self.fc2, x):
+                if kernels.plain_linear(self.fc1):
+                    hidden = kernels.linear_gelu_inference(x, self.fc1.weight, self.fc1.bias, self.act.approximate)
+                else:  # a DynamicLinear: its own forward (per-sample weights)
+                    hidden = self.act(self.fc1(x))
+                return kernels.linear_inference(hidden, self.fc2.weight, self.fc2.bias)
         return self.fc2(self.act(self.fc1(x)))
 
 
@@ -164,9 +187,9 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (N, h, w, D) -> (N, h, w, D)."""
         n, h, w, d = x.shape
-        qkv = self.qkv(x).reshape(n, h * w, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
+        qkv = _linear(self.qkv, x).reshape(n, h * w, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (N, heads, h*w, D/heads)
-        return self.proj(out.transpose(1, 2).reshape(n, h, w, d))
+        return _linear(self.proj, out.transpose(1, 2).reshape(n, h, w, d))
 
 
 class DiTBlock(nn.Module):
@@ -221,7 +244,7 @@ class FinalLayer(nn.Module):
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """x: (N, h, w, D), c: (N, D) -> (N, h, w, p * p * out_channels)."""
         shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
-        return self.linear(modulate(self.norm_final(x), shift, scale))
+        return _linear(self.linear, modulate(self.norm_final(x), shift, scale))
 
 
 class WeightFormerDiT(nn.Module):
