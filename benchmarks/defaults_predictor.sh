@@ -23,6 +23,6 @@ for linear in bilateral "$predictor"; do
 done
 for task in $tasks; do
   for linear in bilateral "$predictor"; do
-    echo "$task $linear: $(grep -E 'val_|Done|judge' "$out/$linear-$task.txt" | tail -n 1)"
+    echo "$task $linear: $(grep -E 'val_|Done|Judged' "$out/$linear-$task.txt" | tail -n 1)"
   done
 done
