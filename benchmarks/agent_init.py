@@ -1,14 +1,15 @@
-"""Is the `agent` predictor stuck on the probes because both of its softmaxes start uniform? (issue 19)
+"""Was the `agent` predictor stuck on the probes because both of its softmaxes started uniform? (issue 19)
 
-At the release's initialisation (truncated normal, std 0.02) the agent queries score LayerNorm-ed tokens with
-logits of std ~0.02 sqrt(C): the softmax over the N tokens is uniform, every agent is the mean token, and the
-softmax over the agents is uniform too, so the layer starts as the release's diluted mean statistics. This
-script prints both softmaxes' entropies (over log N and log K: 1 = uniform) at initialisation for a given std of
-the agent queries and the read-out's query / key projections, then runs `weightformer probe` in this process
-with that initialisation (values and output keep the model's std 0.02). The runs' specs read
-`weightformer:linear=agent`: keep their --out folder apart from the plain predictor's.
+With the release's initialisation (truncated normal, std 0.02; the agent predictor's until commit 8001efc) the
+agent queries score LayerNorm-ed tokens with logits of std ~0.02 sqrt(C): the softmax over the N tokens is
+uniform, every agent is the mean token, and the softmax over the agents is uniform too, so the layer starts as
+the release's diluted mean statistics. This script prints both softmaxes' entropies (over log N and log K: 1 =
+uniform) at initialisation, for the predictor's own initialisation (std logit_std / sqrt(C)) and, with
+--init-std S, for the agent queries and the read-out's query / key projections redrawn with std S; then, given
+probe arguments after --, runs `weightformer probe` in this process with that initialisation (values and output
+keep theirs). The runs' specs read `weightformer:linear=agent` either way: keep their --out folders apart.
 
-    python benchmarks/agent_init.py --init-std 0.5 -- --tasks same_different_random --resolution 48 ...
+    python benchmarks/agent_init.py --init-std 0.02 -- --tasks same_different_random --resolution 48 ...
 """
 
 from __future__ import annotations
@@ -42,13 +43,15 @@ def reinitialise(model: torch.nn.Module, std: float) -> torch.nn.Module:
     return model
 
 
-def build_with(std: float):
+def build_with(std: float | None):
     def build(*args, **kwargs) -> torch.nn.Module:
-        return reinitialise(build_probe_model(*args, **kwargs), std)
+        model = build_probe_model(*args, **kwargs)
+        return model if std is None else reinitialise(model, std)
     return build
 
 
-def entropies(std: float, width: int = 48, depth: int = 4, patch: int = 4, resolution: int = 48) -> dict[str, float]:
+def entropies(std: float | None, width: int = 48, depth: int = 4, patch: int = 4,
+              resolution: int = 48) -> dict[str, float]:
     """Mean normalised entropies of the first agent layer's two softmaxes on 16 random-position images."""
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
@@ -78,12 +81,13 @@ def entropies(std: float, width: int = 48, depth: int = 4, patch: int = 4, resol
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--init-std", type=float, default=0.5)
+    parser.add_argument("--init-std", type=float, default=None, help="default: the predictor's own initialisation")
     parser.add_argument("probe_args", nargs=argparse.REMAINDER, help="after --: weightformer probe's arguments")
     args = parser.parse_args()
-    for std in sorted({0.02, args.init_std}):
+    for std in dict.fromkeys([None, 0.02, args.init_std]):
         e = entropies(std)
-        print(f"init std {std}: softmax over tokens {e['pool']:.3f}, over agents {e['read']:.3f} (1 = uniform)")
+        name = "the predictor's own init" if std is None else f"init std {std}"
+        print(f"{name}: softmax over tokens {e['pool']:.3f}, over agents {e['read']:.3f} (1 = uniform)")
     probe_args = [a for a in args.probe_args if a != "--"]
     if probe_args:
         probe_task.build_probe_model = probe_suite.build_probe_model = build_with(args.init_std)

@@ -166,6 +166,28 @@ def test_agent_summary_sits_on_one_token_whatever_the_token_count():
         assert (mean_value - special_value).norm() > 0.1 * special_value.norm()
 
 
+@pytest.mark.parametrize("width", [48, 192])
+def test_agent_softmaxes_start_selective_inside_a_model_at_any_width(width):
+    # Neither softmax may start uniform (the agents would all be the mean token, the layer the release's diluted
+    # statistics: it never left chance on the probes) nor one-hot; the model's blanket nn.Linear initialisation
+    # must not redraw the predictor's own.
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model("weightformer_tiny", embed_dim=width, depth=2, num_classes=2, linear_predictor="agent")
+    pred = model.blocks[1].mlp.fc1.predictor
+    std = pred.logit_std / math.sqrt(width)
+    assert abs(pred.query_proj.weight.std().item() / std - 1) < 0.1  # not the blanket 0.02
+    x = F.layer_norm(torch.randn(4, 12, 12, width) + 0.5 * torch.randn(4, 1, 1, width), (width,))
+    tokens = x.flatten(1, 2)
+    pool = (tokens @ pred.agent_queries.t()).softmax(dim=1)  # (B, N, K)
+    keys = pred.key_proj(softmax_pool(x, pred.agent_queries))
+    read = (pred.query_proj(tokens) @ keys.transpose(1, 2) * pred.scale).softmax(dim=-1)  # (B, N, K)
+    for weights, dim, count in ((pool, 1, 144), (read, -1, pred.agent_queries.shape[0])):
+        entropy = (-(weights * weights.clamp_min(1e-12).log()).sum(dim).mean() / math.log(count)).item()
+        assert 0.05 < entropy < 0.95, entropy
+
+
 def test_agent_read_out_is_a_softmax_per_token_over_the_agents():
     # A token whose query matches one agent's key far better than the others' reads that agent alone; a token
     # with no query reads the plain mean of the agents' values.

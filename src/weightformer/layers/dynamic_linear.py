@@ -52,6 +52,7 @@ dispatches on that.
 
 from __future__ import annotations
 
+import math
 from contextlib import AbstractContextManager, nullcontext
 from functools import partial
 
@@ -242,11 +243,16 @@ class AgentPredictor(nn.Module):
     K = 8: agents are hidden units of a per-sample MLP, so K sets how many separate things a layer can attend to
     (two distant objects and their backgrounds need a few, ISAB uses 16-32 inducing points for sets) and the
     per-token read-out costs N K D, 8 / C of the static layer's N C D (4 % at C = 192).
-    The projections start as the release's predictor factors do (truncated normal, std 0.02), not zero: at
-    initialisation the agents are near-uniform averages, every token reads their mean, and the term is a few
-    percent of x W0 on LayerNorm-ed tokens (the layer is close to the static one) while every output depends on every
-    input (a global receptive field from the start, as for the paper's predictors) and every parameter gets a
-    gradient from the first step (a zero W_o would stop the gradient to all the others).
+    Initialisation: the agent queries and the read-out's W_q, W_k are drawn with std logit_std / sqrt(C), so on
+    LayerNorm-ed tokens (norm ~sqrt(C)) both softmaxes start with logits of std ~logit_std whatever the width:
+    with the default 3.5, at about 85 % of the uniform entropy over tokens and over agents (width 48, the
+    probes' images). With the release's std 0.02 instead, both softmaxes start uniform (entropy 1.000 of log N
+    and log K): every agent is the mean token, every token reads their mean, the layer starts as the release's
+    diluted mean statistics, and on the probes it never left the plateau (benchmarks/PROBES.md, "Round two";
+    `benchmarks/agent_init.py` measures both). W_v and W_o keep std 0.02, not zero: the term starts a few
+    percent of x W0 (the layer close to the static one) while every output depends on every input and every
+    parameter gets a gradient from the first step (a zero W_o would stop the gradient to all the others). The
+    model's own initialisation leaves these alone (`initialises_itself`).
 
     Args:
         in_features: C.
@@ -255,9 +261,11 @@ class AgentPredictor(nn.Module):
         odd_grid_pooling: accepted for the interface all predictors share; the agents see every token, there is
             no 2x2 pooling.
         num_agents: K.
+        logit_std: the softmaxes' logit scale at initialisation (see above).
     """
 
     predicts_output = True  # an additive output term (B, H, W, D); see `DynamicLinear`
+    initialises_itself = True  # a model's blanket nn.Linear initialisation must not redraw W_q, W_k
 
     def __init__(
         self,
@@ -266,6 +274,7 @@ class AgentPredictor(nn.Module):
         reduction: int = 4,
         odd_grid_pooling: str = "ceil",
         num_agents: int = 8,
+        logit_std: float = 3.5,
     ) -> None:
         super().__init__()
         if in_features % reduction:
@@ -276,6 +285,7 @@ class AgentPredictor(nn.Module):
         self.ceil_mode = odd_grid_pooling == "ceil"
         self.min_grid = 1  # no pooling: any grid
         self.scale = dim**-0.5
+        self.logit_std = logit_std
         self.agent_queries = nn.Parameter(torch.empty(num_agents, in_features))  # q_k, random: equal ones stay equal
         self.query_proj = nn.Linear(in_features, dim, bias=False)  # W_q
         self.key_proj = nn.Linear(in_features, dim, bias=False)  # W_k
@@ -285,9 +295,11 @@ class AgentPredictor(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        for weight in (self.agent_queries, self.query_proj.weight, self.key_proj.weight, self.value_proj.weight):
+        std = self.logit_std / math.sqrt(self.in_features)
+        for weight in (self.agent_queries, self.query_proj.weight, self.key_proj.weight):
+            trunc_normal_(weight, std=std, a=-4 * std, b=4 * std)
+        for weight in (self.value_proj.weight, self.output_basis):
             trunc_normal_(weight, std=0.02)
-        trunc_normal_(self.output_basis, std=0.02)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, H, W, C) -> f(x): (B, H, W, D), the term added to x W0^T + b."""

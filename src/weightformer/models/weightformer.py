@@ -310,6 +310,9 @@ class WeightFormer(nn.Module):
                 nn.init.zeros_(module.bias)
 
         self.apply(init)
+        for module in self.modules():  # predictors whose initialisation is part of their definition (agent)
+            if getattr(module, "initialises_itself", False):
+                module.reset_parameters()
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raise ValueError with a plain explanation unless `x` is an image batch this model accepts."""
