@@ -118,5 +118,11 @@ def apply_low_rank_dynamic_weight(
         y = linear_inference(tokens, weight, bias)  # (B, N, D)
     else:
         y = F.linear(tokens, weight, bias)  # (B, N, D): the static part, one GEMM over all B*N tokens
-    y = y.baddbmm_(tokens @ input_basis.t(), rows.transpose(1, 2))  # + (x W1^T) R^T, in place
+    correction = (tokens @ input_basis.t(), rows.transpose(1, 2))  # + (x W1^T) R^T
+    if torch.is_grad_enabled() and y.requires_grad:
+        # Out of place: in place on F.linear's (viewed) output, autograd would add a CopySlices / AsStrided
+        # backward (a zero-filled and two copied (B, N, D) buffers, ~6 % of the layer's training step).
+        y = torch.baddbmm(y, *correction)
+    else:
+        y = y.baddbmm_(*correction)
     return y.reshape(batch, height, width, -1)  # (B, H, W, D)
