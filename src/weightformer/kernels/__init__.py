@@ -11,7 +11,8 @@ the fast path computes the same function (tests hold it to the reference) with f
   correction (`dynamic_linear`);
 - the MLP's fc2(GELU(h)) keeping only h for the backward pass, GELU recomputed there (`mlp`), only while
   nothing could observe the difference (`gelu_linear_fusable`); in CPU inference, oneDNN GEMMs with fc1's
-  bias and GELU and fc2's bias and the block's residual add in their epilogues (`mlp_inference_fusable`).
+  bias and GELU and fc2's bias and the block's residual add in their epilogues (`mlp_inference_fusable`), the GELU
+  in place after a dynamic fc1 (`gelu_inference_`).
 
 Switch to the reference path with `use_reference()` (a context manager, or `use_reference(True)` globally) or
 the environment variable WEIGHTFORMER_REFERENCE=1; `weightformer bench` runs both side by side. The reference
@@ -43,6 +44,7 @@ from .dynamic_linear import (
 )
 from .mlp import _has_hooks as has_hooks
 from .mlp import (
+    gelu_inference_,
     gelu_linear,
     gelu_linear_fusable,
     global_module_hooks,
@@ -72,6 +74,7 @@ __all__ = [
     "onednn_inference",
     "plain_linear",
     "linear_inference",
+    "gelu_inference_",
     "linear_gelu_inference",
     "linear_add_inference",
 ]
