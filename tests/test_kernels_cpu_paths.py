@@ -129,3 +129,22 @@ def test_dit_cpu_inference_on_onednn_gemms_equals_reference_and_steps_aside_when
     assert calls["linear_gelu"] == 2 * static - 1  # the hooked MLP ran its modules
     model(x, t, y)  # gradients recorded: plain modules only
     assert calls["linear_gelu"] == 2 * static - 1
+
+
+@pytest.mark.parametrize("grid", [(3, 9), (2, 2)])  # rows through the D_r x C_r sum, and through v W2 first
+def test_factored_update_in_cpu_inference_on_onednn_gemms_equals_reference(grid, monkeypatch):
+    calls = []
+    onednn = kernels.mlp.linear_inference
+    monkeypatch.setattr(kernels.mlp, "linear_inference", lambda *args: calls.append(args) or onednn(*args))
+    torch.manual_seed(0)
+    layer = DynamicLinear(8, 64 if grid == (2, 2) else 20)
+    _randomise(layer)
+    x = torch.randn(2, *grid, 8)
+    assert kernels.low_rank_dynamic_linear_preferred(x, 2, layer.out_features // 4, layer.out_features)
+    with torch.inference_mode():
+        y_fast = layer(x)
+        # through kernels.matmul_inference: x W1^T and the Gram product, and v W2 where rows go through it
+        assert len(calls) == 2 + (grid == (2, 2))
+        with kernels.use_reference():
+            y_ref = layer(x)
+    torch.testing.assert_close(y_fast, y_ref, rtol=1e-5, atol=1e-5)

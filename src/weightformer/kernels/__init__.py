@@ -51,6 +51,7 @@ from .mlp import (
     linear_add_inference,
     linear_gelu_inference,
     linear_inference,
+    matmul_inference,
     mlp_inference_fusable,
     onednn_inference,
     plain_linear,
@@ -75,6 +76,7 @@ __all__ = [
     "plain_linear",
     "linear_inference",
     "gelu_inference_",
+    "matmul_inference",
     "linear_gelu_inference",
     "linear_add_inference",
 ]
