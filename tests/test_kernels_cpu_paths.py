@@ -148,3 +148,22 @@ def test_factored_update_in_cpu_inference_on_onednn_gemms_equals_reference(grid,
         with kernels.use_reference():
             y_ref = layer(x)
     torch.testing.assert_close(y_fast, y_ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["classifier", "dit"])
+def test_in_place_gelu_leaves_a_hooked_dynamic_fc1_output_as_it_was(kind):
+    from weightformer import WeightFormerDiT
+
+    if kind == "classifier":
+        model = timm.create_model("weightformer_tiny", embed_dim=48, depth=2, num_classes=3).eval()
+        inputs = (torch.randn(2, 3, 64, 64),)
+    else:
+        model = WeightFormerDiT(input_size=8, patch_size=2, hidden_size=32, depth=2, num_classes=3).eval()
+        inputs = (torch.randn(2, 4, 8, 8), torch.tensor([3, 700]), torch.tensor([0, 2]))
+    fc1 = next(b.mlp.fc1 for b in model.blocks if b.dynamic)
+    seen = []
+    fc1.register_forward_hook(lambda module, args, out: seen.append((out, out.clone())))
+    with torch.inference_mode():
+        model(*inputs)
+    held, copy = seen[0]
+    torch.testing.assert_close(held, copy, rtol=0, atol=0)  # not overwritten by GELU

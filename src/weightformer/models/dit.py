@@ -167,6 +167,8 @@ class Mlp(nn.Module):
             if not kernels.reference_enabled() and kernels.mlp_inference_fusable(self.act, self.fc2, x):
                 if kernels.plain_linear(self.fc1):
                     hidden = kernels.linear_gelu_inference(x, self.fc1.weight, self.fc1.bias, self.act.approximate)
+                elif kernels.has_hooks(self.fc1):  # a hook may hold fc1's output: leave it as it was
+                    hidden = self.act(self.fc1(x))
                 else:  # a DynamicLinear: its own forward (per-sample weights), then GELU in place
                     hidden = kernels.gelu_inference_(self.fc1(x), self.act.approximate)
                 return kernels.linear_inference(hidden, self.fc2.weight, self.fc2.bias)
