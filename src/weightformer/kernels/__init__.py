@@ -12,7 +12,7 @@ the fast path computes the same function (tests hold it to the reference) with f
 - the MLP's fc2(GELU(h)) keeping only h for the backward pass, GELU recomputed there (`mlp`), only while
   nothing could observe the difference (`gelu_linear_fusable`); in CPU inference, oneDNN GEMMs with fc1's
   bias and GELU and fc2's bias and the block's residual add in their epilogues (`mlp_inference_fusable`), the GELU
-  in place after a dynamic fc1 (`gelu_inference_`).
+  in place after a dynamic fc1 (`hidden_inference`).
 
 Switch to the reference path with `use_reference()` (a context manager, or `use_reference(True)` globally) or
 the environment variable WEIGHTFORMER_REFERENCE=1; `weightformer bench` runs both side by side. The reference
@@ -48,6 +48,7 @@ from .mlp import (
     gelu_linear,
     gelu_linear_fusable,
     global_module_hooks,
+    hidden_inference,
     linear_add_inference,
     linear_gelu_inference,
     linear_inference,
@@ -76,6 +77,7 @@ __all__ = [
     "plain_linear",
     "linear_inference",
     "gelu_inference_",
+    "hidden_inference",
     "matmul_inference",
     "linear_gelu_inference",
     "linear_add_inference",

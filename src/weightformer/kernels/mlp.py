@@ -183,6 +183,17 @@ def linear_gelu_inference(
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu", [], approximate)
 
 
+def hidden_inference(fc1: nn.Module, act: nn.GELU, x: torch.Tensor) -> torch.Tensor:
+    """act(fc1(x)) in CPU inference (`mlp_inference_fusable`): one oneDNN GEMM with bias and GELU in its epilogue
+    where fc1 is a plain nn.Linear; else fc1's own forward (a DynamicLinear's per-sample weights) and the GELU in
+    place, unless a hook on fc1 may hold its output. x: (..., C) -> (..., 4C)."""
+    if plain_linear(fc1):
+        return linear_gelu_inference(x, fc1.weight, fc1.bias, act.approximate)
+    if _has_hooks(fc1):  # a hook may hold fc1's output: leave it as it was
+        return act(fc1(x))
+    return gelu_inference_(fc1(x), act.approximate)
+
+
 def linear_add_inference(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor
 ) -> torch.Tensor:

@@ -165,12 +165,7 @@ class Mlp(nn.Module):
         """x: (N, h, w, D) -> (N, h, w, D)."""
         if not torch.jit.is_scripting():  # (TorchScript compiles only the plain path)
             if not kernels.reference_enabled() and kernels.mlp_inference_fusable(self.act, self.fc2, x):
-                if kernels.plain_linear(self.fc1):
-                    hidden = kernels.linear_gelu_inference(x, self.fc1.weight, self.fc1.bias, self.act.approximate)
-                elif kernels.has_hooks(self.fc1):  # a hook may hold fc1's output: leave it as it was
-                    hidden = self.act(self.fc1(x))
-                else:  # a DynamicLinear: its own forward (per-sample weights), then GELU in place
-                    hidden = kernels.gelu_inference_(self.fc1(x), self.act.approximate)
+                hidden = kernels.hidden_inference(self.fc1, self.act, x)  # (N, h, w, 4D)
                 return kernels.linear_inference(hidden, self.fc2.weight, self.fc2.bias)
         return self.fc2(self.act(self.fc1(x)))
 

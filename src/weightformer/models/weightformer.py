@@ -118,12 +118,7 @@ class Mlp(nn.Module):
         plain nn.Linear (a DynamicLinear has a per-sample weight and runs its own forward); fc2's bias and the
         residual add run in fc2's.
         """
-        if kernels.plain_linear(self.fc1):
-            hidden = kernels.linear_gelu_inference(x, self.fc1.weight, self.fc1.bias)  # (B, H, W, 4C)
-        elif kernels.has_hooks(self.fc1):  # a hook may hold fc1's output: leave it as it was
-            hidden = self.act(self.fc1(x))  # (B, H, W, 4C)
-        else:  # a DynamicLinear: its own forward (per-sample weights), then GELU in place
-            hidden = kernels.gelu_inference_(self.fc1(x), self.act.approximate)  # (B, H, W, 4C)
+        hidden = kernels.hidden_inference(self.fc1, self.act, x)  # (B, H, W, 4C)
         return kernels.linear_add_inference(hidden, self.fc2.weight, self.fc2.bias, residual)
 
 
