@@ -129,9 +129,41 @@ def test_pretrained_resolves_through_the_hub_cache_offline(tmp_path):
     assert float(out.stdout.strip().splitlines()[-1]) == pytest.approx(float(sd["head.bias"].double().sum()))
 
 
+def test_normalized_variants_are_the_release_networks_with_the_normalized_predictor():
+    from weightformer.layers.dynamic_linear import LINEAR_PREDICTORS
+
+    torch.manual_seed(0)
+    named = weightformer.create_model("weightformer_tiny_normalized", num_classes=7, img_size=64).eval()
+    torch.manual_seed(0)
+    by_kwarg = weightformer.create_model("weightformer_tiny", num_classes=7, img_size=64,
+                                         linear_predictor="normalized").eval()
+    release = weightformer.create_model("weightformer_tiny", num_classes=7, img_size=64)
+    assert named.dynamic_indices == release.dynamic_indices == (1, 4, 7, 10, 13, 16)
+    for i, block in enumerate(named.blocks):
+        fc1 = block.mlp.fc1
+        if i in named.dynamic_indices:
+            assert type(fc1.predictor) is LINEAR_PREDICTORS["normalized"]
+            assert type(block.token_mixer.predictor) is type(release.blocks[i].token_mixer.predictor)
+        else:
+            assert type(fc1) is torch.nn.Linear
+    # Same construction, same init: the registry entry is the kwarg and nothing else.
+    assert named.state_dict().keys() == by_kwarg.state_dict().keys()
+    pairs = zip(named.state_dict().values(), by_kwarg.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(named(x), by_kwarg(x))
+    cfg = timm.create_model("weightformer_small_normalized").pretrained_cfg
+    assert cfg["tag"] == "untrained" and cfg.get("hf_hub_id") is None and cfg["input_size"] == (3, 224, 224)
+    assert timm.create_model("weightformer_base_normalized").img_size == (448, 448)
+    with pytest.raises(ValueError, match="No pretrained weights exist for weightformer_tiny_normalized"):
+        weightformer.create_model("weightformer_tiny_normalized", pretrained=True)
+
+
 def test_timm_sees_the_models_with_release_metadata():
     assert {"weightformer_tiny", "weightformer_small", "weightformer_base"} <= set(timm.list_models("weightformer*"))
-    assert weightformer.list_models() == ["weightformer_base", "weightformer_small", "weightformer_tiny"]
+    released = ["weightformer_base", "weightformer_small", "weightformer_tiny"]
+    assert weightformer.list_models() == sorted(released + [f"{name}_normalized" for name in released])
     model = timm.create_model("weightformer_base", num_classes=5)
     assert isinstance(model, WeightFormer) and model.num_classes == 5
     cfg = model.pretrained_cfg

@@ -11,9 +11,9 @@ from weightformer.cli.main import main
 def test_models_table_lists_every_variant_with_paper_sizes(capsys):
     assert main(["models"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    tiny = next(line for line in lines if line.startswith("weightformer_tiny"))
+    tiny = next(line for line in lines if line.split()[:1] == ["weightformer_tiny"])
     assert tiny.split()[1:4] == ["7.07", "1.13", "224x224"]
-    base = next(line for line in lines if line.startswith("weightformer_base"))
+    base = next(line for line in lines if line.split()[:1] == ["weightformer_base"])
     assert base.split()[1:4] == ["27.49", "17.70", "448x448"]
 
 

@@ -14,7 +14,8 @@ from ..analysis.checkpointing import format_checkpointing_results, run_checkpoin
 from ..engine.distributed import resolve_device
 from .options import add_device, add_output
 
-_VARIANTS = {"tiny": "weightformer_tiny", "small": "weightformer_small"}
+_VARIANTS = {"tiny": "weightformer_tiny", "small": "weightformer_small",
+             "tiny_normalized": "weightformer_tiny_normalized", "small_normalized": "weightformer_small_normalized"}
 _DIT_VARIANTS = {"small": "weightformer_dit_s_2", "base": "weightformer_dit_b_2"}
 
 

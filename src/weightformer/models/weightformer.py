@@ -102,13 +102,18 @@ class Mlp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, H, W, C) -> (B, H, W, C)."""
-        hidden = self.fc1(x)  # (B, H, W, 4C)
         # TorchScript skips the body of `if not torch.jit.is_scripting():` without compiling it, but not the
         # right-hand side of an `and`: the fast path's Python stays in a nested if.
         if not torch.jit.is_scripting():
-            if not kernels.reference_enabled() and kernels.gelu_linear_fusable(self.act, self.fc2, hidden):
-                return kernels.gelu_linear(hidden, self.fc2.weight, self.fc2.bias)
-        return self.fc2(self.act(hidden))
+            if not kernels.reference_enabled():
+                if kernels.plain_linear(self.fc1):  # oneDNN GEMMs in fp32 CPU training (`kernels.linear`)
+                    hidden = kernels.linear(x, self.fc1.weight, self.fc1.bias)  # (B, H, W, 4C)
+                else:
+                    hidden = self.fc1(x)
+                if kernels.gelu_linear_fusable(self.act, self.fc2, hidden):
+                    return kernels.gelu_linear(hidden, self.fc2.weight, self.fc2.bias)
+                return self.fc2(self.act(hidden))
+        return self.fc2(self.act(self.fc1(x)))
 
     @torch.jit.unused
     def forward_fused_inference(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
@@ -531,14 +536,22 @@ def checkpoint_filter_fn(state_dict: dict[str, Any], model: nn.Module | None = N
 #################################################################################
 
 # One home for the variants' sizes. B is the S network evaluated (and trained) at 448x448.
-MODEL_CONFIGS: dict[str, dict[str, Any]] = {
+RELEASED_CONFIGS: dict[str, dict[str, Any]] = {
     "weightformer_tiny": dict(embed_dim=192, depth=17, img_size=224),
     "weightformer_small": dict(embed_dim=384, depth=17, img_size=224),
     "weightformer_base": dict(embed_dim=384, depth=17, img_size=448),
 }
+# The same networks with the "normalized" dynamic linear predictor in every dynamic block (the release's sparse
+# placement and dynamic convs unchanged): the release's outer-product update read out with a focused feature
+# map and a normaliser per token, linear in N. It solves random-position same_different on every seed where the
+# release's predictor stays at chance (benchmarks/PROBES.md, "Round two"). No weights are published for them.
+NORMALIZED_CONFIGS: dict[str, dict[str, Any]] = {
+    f"{name}_normalized": dict(config, linear_predictor="normalized") for name, config in RELEASED_CONFIGS.items()
+}
+MODEL_CONFIGS: dict[str, dict[str, Any]] = {**RELEASED_CONFIGS, **NORMALIZED_CONFIGS}
 
 
-def _cfg(hf_hub_id: str, size: int) -> dict[str, Any]:
+def _cfg(hf_hub_id: str | None, size: int) -> dict[str, Any]:
     return dict(
         hf_hub_id=hf_hub_id,
         num_classes=1000,
@@ -564,11 +577,16 @@ default_cfgs = generate_default_cfgs(
         "weightformer_tiny.in1k": _cfg("RuizeHe/weightformer-t", 224),
         "weightformer_small.in1k": _cfg("RuizeHe/weightformer-s", 224),
         "weightformer_base.in1k": _cfg("RuizeHe/weightformer-b", 448),
+        # timm's tag for a configuration without weights.
+        **{f"{name}.untrained": _cfg(None, config["img_size"]) for name, config in NORMALIZED_CONFIGS.items()},
     }
 )
 
 
 def _create_weightformer(variant: str, pretrained: bool = False, **kwargs: Any) -> WeightFormer:
+    if pretrained and variant not in RELEASED_CONFIGS:
+        raise ValueError(f"No pretrained weights exist for {variant}: weights are published for "
+                         f"{', '.join(sorted(RELEASED_CONFIGS))} only. Use pretrained=False, or a checkpoint.")
     out_indices = kwargs.pop("out_indices", 3)
     model_args = {**MODEL_CONFIGS[variant], **kwargs}
     return build_model_with_cfg(
@@ -597,3 +615,21 @@ def weightformer_small(pretrained: bool = False, **kwargs: Any) -> WeightFormer:
 def weightformer_base(pretrained: bool = False, **kwargs: Any) -> WeightFormer:
     """WeightFormer-B: the S network at 448x448."""
     return _create_weightformer("weightformer_base", pretrained, **kwargs)
+
+
+@register_model
+def weightformer_tiny_normalized(pretrained: bool = False, **kwargs: Any) -> WeightFormer:
+    """WeightFormer-T with the "normalized" dynamic linear predictor (no published weights)."""
+    return _create_weightformer("weightformer_tiny_normalized", pretrained, **kwargs)
+
+
+@register_model
+def weightformer_small_normalized(pretrained: bool = False, **kwargs: Any) -> WeightFormer:
+    """WeightFormer-S with the "normalized" dynamic linear predictor (no published weights)."""
+    return _create_weightformer("weightformer_small_normalized", pretrained, **kwargs)
+
+
+@register_model
+def weightformer_base_normalized(pretrained: bool = False, **kwargs: Any) -> WeightFormer:
+    """WeightFormer-B (S at 448x448) with the "normalized" dynamic linear predictor (no published weights)."""
+    return _create_weightformer("weightformer_base_normalized", pretrained, **kwargs)
