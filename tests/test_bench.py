@@ -7,6 +7,8 @@ import json
 import statistics
 
 import pytest
+import timm
+import torch
 
 from weightformer.analysis.bench import BenchConfig, format_results, run_bench
 from weightformer.cli.main import main
@@ -222,3 +224,27 @@ def test_gpu_check_script_is_valid_bash_and_runs_every_comparison():
     for needle in ("--model small", "--model tiny", "--task generation", "--model base", "--compile on",
                    "--compile off", "latents=(32 64 128)", "dit_batch=32", "cls_res_large=1248", "BUDGET_S:-570"):
         assert needle in text, needle
+
+
+def test_baseline_on_onednn_linears_computes_deits_function_through_kernels_linear(monkeypatch):
+    import copy
+
+    from weightformer import kernels
+    from weightformer.analysis.bench import use_onednn_linears
+
+    torch.manual_seed(0)
+    model = timm.create_model("deit_tiny_patch16_224", img_size=48, num_classes=5, depth=3)
+    twin = use_onednn_linears(copy.deepcopy(model))
+    calls = []
+    onednn = kernels.linear
+    monkeypatch.setattr(kernels, "linear", lambda *args: calls.append(args) or onednn(*args))
+    x = torch.randn(2, 3, 48, 48)
+    out = twin(x)
+    assert len(calls) == 4 * 3 + 1  # qkv, proj, fc1, fc2 per block, and the head
+    assert type(out.grad_fn).__name__ == "_OneDNNLinearBackward"  # the head's product ran on oneDNN
+    ref = model(x)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    grads = torch.autograd.grad(out.square().sum(), list(twin.parameters()))
+    grads_ref = torch.autograd.grad(ref.square().sum(), list(model.parameters()))
+    for g, r in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5 * (r.abs().max().item() + 1))

@@ -143,8 +143,9 @@ def test_factored_update_in_cpu_inference_on_onednn_gemms_equals_reference(grid,
     assert kernels.low_rank_dynamic_linear_preferred(x, 2, layer.out_features // 4, layer.out_features)
     with torch.inference_mode():
         y_fast = layer(x)
-        # through kernels.matmul_inference: x W1^T and the Gram product, and v W2 where rows go through it
-        assert len(calls) == 2 + (grid == (2, 2))
+        # the static part x W0^T, and through kernels.matmul: x W1^T, the Gram product, and v W2 where rows go
+        # through it
+        assert len(calls) == 3 + (grid == (2, 2))
         with kernels.use_reference():
             y_ref = layer(x)
     torch.testing.assert_close(y_fast, y_ref, rtol=1e-5, atol=1e-5)
@@ -167,3 +168,92 @@ def test_in_place_gelu_leaves_a_hooked_dynamic_fc1_output_as_it_was(kind):
         model(*inputs)
     held, copy = seen[0]
     torch.testing.assert_close(held, copy, rtol=0, atol=0)  # not overwritten by GELU
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("input_grad", [True, False])
+def test_onednn_linear_in_training_matches_a_float64_reference(bias, input_grad):
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 5, 7, 13, generator=gen).requires_grad_(input_grad)
+    weight = torch.randn(11, 13, generator=gen).requires_grad_()
+    b = torch.randn(11, generator=gen).requires_grad_() if bias else None
+    upstream = torch.randn(3, 5, 7, 11, generator=gen)
+    assert kernels.onednn_training(x, weight)
+    y = kernels.linear(x, weight, b)
+    assert type(y.grad_fn).__name__ == "_OneDNNLinearBackward"  # the oneDNN path ran, not F.linear
+    params = [t for t in (x, weight, b) if t is not None and t.requires_grad]
+    grads = torch.autograd.grad((y * upstream).sum(), params)
+    ref_params = [t.detach().double().requires_grad_(t.requires_grad) if t is not None else None
+                  for t in (x, weight, b)]
+    y_ref = torch.einsum("...c,dc->...d", ref_params[0], ref_params[1])
+    if bias:
+        y_ref = y_ref + ref_params[2]
+    wanted = [r for r in ref_params if r is not None and r.requires_grad]
+    grads_ref = torch.autograd.grad((y_ref * upstream.double()).sum(), wanted)
+    torch.testing.assert_close(y.double(), y_ref, rtol=1e-5, atol=1e-5)
+    for g, r in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(g.double(), r, rtol=1e-5, atol=1e-5 * r.abs().max().item())
+
+
+def test_onednn_linear_supports_double_backward_and_steps_aside_where_it_must():
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(4, 6, generator=gen, requires_grad=True)
+    weight = torch.randn(5, 6, generator=gen, requires_grad=True)
+    # A gradient penalty: d/dW ||dL/dx||^2 needs the backward itself to be differentiable.
+    grads = []
+    for fn in (kernels.linear, torch.nn.functional.linear):
+        (gx,) = torch.autograd.grad(fn(x, weight, None).tanh().sum(), x, create_graph=True)
+        grads.append(torch.autograd.grad(gx.square().sum(), weight)[0])
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-6)
+    assert not kernels.onednn_training(x.double(), weight.double())  # float64: F.linear
+    assert not kernels.onednn_training(x.detach(), weight.detach())  # nothing to differentiate
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not kernels.onednn_training(x, weight)
+    assert type(kernels.linear(x.double(), weight.double(), None).grad_fn).__name__ != "_OneDNNLinearBackward"
+
+
+@pytest.mark.parametrize("mixer", ["dwconv", "attention"])
+def test_dit_training_on_onednn_gemms_equals_reference_for_both_mixers(mixer, monkeypatch):
+    from weightformer import WeightFormerDiT
+
+    calls = []
+    onednn = kernels.linear
+    monkeypatch.setattr(kernels, "linear", lambda *args: calls.append(args) or onednn(*args))
+    model = WeightFormerDiT(input_size=6, patch_size=2, hidden_size=32, depth=4, num_classes=5, mixer=mixer,
+                            num_heads=2, class_dropout_prob=0.0)  # training mode, no random label drops
+    _randomise(model, seed=6)
+    gen = torch.Generator().manual_seed(2)
+    x, t, y = torch.randn(3, 4, 10, 6, generator=gen), torch.tensor([3, 400, 998]), torch.tensor([1, 0, 4])
+    params = [p for p in model.parameters() if p.requires_grad]
+    out = model(x, t, y)
+    # Both mixers' plain linear layers (MLPs, final layer; attention's qkv and proj) run through kernels.linear.
+    static = 4 - len(model.dynamic_indices)
+    assert len(calls) == 2 * static + len(model.dynamic_indices) + 1 + (8 if mixer == "attention" else 0)
+    grads = torch.autograd.grad(out.square().sum(), params)
+    with kernels.use_reference():
+        out_ref = model(x, t, y)
+        grads_ref = torch.autograd.grad(out_ref.square().sum(), params)
+    torch.testing.assert_close(out, out_ref, rtol=1e-4, atol=1e-4 * out_ref.abs().max().item())
+    for g, r in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4 * (r.abs().max().item() + 1))
+
+
+def test_classifier_training_on_onednn_gemms_equals_reference(monkeypatch):
+    calls, fused = [], []
+    onednn, gemm = kernels.linear, kernels.mlp._onednn_gemm
+    monkeypatch.setattr(kernels, "linear", lambda *args: calls.append(args) or onednn(*args))
+    monkeypatch.setattr(kernels.mlp, "_onednn_gemm", lambda *args: fused.append(args) or gemm(*args))
+    model = timm.create_model("weightformer_tiny", embed_dim=24, depth=4, num_classes=3, img_size=64)
+    _randomise(model, seed=8)
+    x = torch.randn(2, 3, 64, 80, generator=torch.Generator().manual_seed(5))
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(model(x).logsumexp(-1).sum(), params)
+    static = 4 - len(model.dynamic_indices)
+    assert len(calls) == static  # every static fc1; fc2 runs inside the fused GELU + fc2
+    # A forward and an input-gradient GEMM each: fc1 and fc2 of each static MLP; fc2, W0 and the rank-C/4
+    # products x W1^T and rows x Gram of each dynamic one (rows through the D_r x C_r sum at this size).
+    assert len(fused) == 2 * 2 * static + 2 * 4 * len(model.dynamic_indices)
+    with kernels.use_reference():
+        grads_ref = torch.autograd.grad(model(x).logsumexp(-1).sum(), params)
+    for g, r in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4 * (r.abs().max().item() + 1))

@@ -28,6 +28,7 @@ allocations and frees torch.profiler records (one extra, untimed step).
 
 from __future__ import annotations
 
+import functools
 import gc
 import itertools
 import os
@@ -49,13 +50,14 @@ from .. import kernels
 from ..models import MODEL_CONFIGS
 from .summary import DEIT_OF_WIDTH, format_table, macs_per_image
 
-__all__ = ["BenchConfig", "DEIT_OF", "DIT_OF", "run_bench", "format_results", "plot_results", "environment",
-           "describe_environment", "load_average", "prepare", "bench_inputs", "cpu_memory_deltas"]
+__all__ = ["BenchConfig", "DEIT_OF", "DIT_OF", "run_bench", "use_onednn_linears", "format_results", "plot_results",
+           "environment", "describe_environment", "load_average", "prepare", "bench_inputs", "cpu_memory_deltas"]
 
 # WeightFormer variant -> the DeiT of the same width (the widths live in the model registry); for generation,
 # WeightFormer-DiT -> DiT's own block (SDPA) at the same width and depth.
 DEIT_OF = {name: DEIT_OF_WIDTH[MODEL_CONFIGS[name]["embed_dim"]]
-           for name in ("weightformer_tiny", "weightformer_small")}
+           for name in ("weightformer_tiny", "weightformer_small", "weightformer_tiny_normalized",
+                        "weightformer_small_normalized")}
 DIT_OF = {"weightformer_dit_s_2": "dit_attn_s_2", "weightformer_dit_b_2": "dit_attn_b_2"}
 MODES = ("inference", "train")
 
@@ -72,6 +74,8 @@ class BenchConfig:
         modes: "inference" and/or "train" (forward, cross-entropy, backward, AdamW step).
         compile_mode: "off" (eager only), "on" (compiled only) or "both".
         include_reference: also run WeightFormer's reference path (eager).
+        baseline_onednn: classification: DeiT's nn.Linear layers call `kernels.linear` (oneDNN GEMMs on fp32 CPU,
+            as WeightFormer's do) instead of torch.matmul; a like-for-like of the architectures on CPU.
         rounds: timed rounds (each times one step of every contestant); the median is reported.
         warmup: untimed steps per contestant first (compilation happens here).
         device: "cpu" or "cuda".
@@ -89,6 +93,7 @@ class BenchConfig:
     modes: tuple[str, ...] = MODES
     compile_mode: str = "off"
     include_reference: bool = True
+    baseline_onednn: bool = False
     rounds: int = 10
     warmup: int = 2
     device: str = "cpu"
@@ -281,10 +286,26 @@ def _make_step(
     return train_step
 
 
-def _build(name: str, resolution: int, cfg: BenchConfig) -> nn.Module:
+def _build(name: str, resolution: int, cfg: BenchConfig, onednn_linears: bool = False) -> nn.Module:
     kwargs: dict[str, Any] = dict(img_size=resolution, num_classes=cfg.num_classes)
     model = timm.create_model(name, **kwargs)
+    if onednn_linears:
+        use_onednn_linears(model)
     return model.to(cfg.device)
+
+
+def _onednn_linear_forward(module: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    return kernels.linear(x, module.weight, module.bias)
+
+
+def use_onednn_linears(model: nn.Module) -> nn.Module:
+    """Make every plain nn.Linear of `model` compute through `kernels.linear` (oneDNN GEMMs for fp32 CPU tensors
+    in eager mode, F.linear otherwise): the GEMM library WeightFormer's own linear layers use, for a baseline
+    compared like for like. Returns `model`, changed in place."""
+    for module in model.modules():
+        if type(module) is nn.Linear:
+            module.forward = functools.partial(_onednn_linear_forward, module)
+    return model
 
 
 def _make_dit_step(model: nn.Module, mode: str, latents: torch.Tensor, labels: torch.Tensor, device: str,
@@ -350,7 +371,7 @@ def _contestants(cfg: BenchConfig, resolution: int, mode: str, images, labels) -
         if not wanted:
             continue
         wfm = wrap(_build(cfg.model, resolution, cfg))
-        deit = wrap(_build(deit_name, resolution, cfg))
+        deit = wrap(_build(deit_name, resolution, cfg, onednn_linears=cfg.baseline_onednn))
         out.append(_Contestant("wfm" + suffix, _make_step(wfm, mode, images, labels, cfg.device, reference=False)))
         out.append(_Contestant("deit" + suffix, _make_step(deit, mode, images, labels, cfg.device, reference=False)))
     return out
@@ -493,7 +514,10 @@ def format_results(results: dict[str, Any]) -> str:
     ratios = results["ratios"]
     keys = [k for k in dict.fromkeys(k for e in ratios for k in e) if k not in ("resolution", "mode")]
     table = [[e["mode"], e["resolution"], *("-" if k not in e else f"{e[k]:.2f}x" for k in keys)] for e in ratios]
-    text = [describe_environment(results["environment"]), "", format_table(["mode", "res", *keys], table), ""]
+    text = [describe_environment(results["environment"]), ""]
+    if results["config"].get("baseline_onednn"):
+        text += ["baseline: DeiT's linear layers on oneDNN GEMMs, as WeightFormer's (--baseline-onednn)", ""]
+    text += [format_table(["mode", "res", *keys], table), ""]
     names = list(dict.fromkeys(r["contestant"] for r in results["rows"]))
     index = {(r["resolution"], r["mode"], r["contestant"]): r for r in results["rows"]}
     raw = []
@@ -545,6 +569,7 @@ def plot_results(results: dict[str, Any], path: str) -> None:
     axes[0].legend(fontsize=8)
     cfg = results["config"]
     baseline = DIT_OF.get(cfg["model"]) or DEIT_OF[cfg["model"]]
+    baseline += " (oneDNN linears)" if cfg.get("baseline_onednn") else ""
     fig.suptitle(f"{cfg['model']} vs {baseline} on {env['device']} ({cfg['device']})", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

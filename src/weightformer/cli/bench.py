@@ -54,6 +54,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="torch.compile (default: both on CUDA, off on CPU)",
     )
     parser.add_argument("--no-reference", action="store_true", help="skip WeightFormer's reference path")
+    parser.add_argument(
+        "--baseline-onednn", action="store_true",
+        help="classification on CPU: DeiT's linear layers run on the same oneDNN GEMMs as WeightFormer's "
+        "(weightformer.kernels.linear), a like-for-like of the two architectures; timm's DeiT calls torch.matmul "
+        "(MKL on x86). Generation's DiT baseline always shares WeightFormer-DiT's linear layers",
+    )
     parser.add_argument("--rounds", type=int, help="timed rounds, median reported (default 10 on CPU, 3 for "
                         "generation on CPU, 20 on CUDA)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per contestant (default 2)")
@@ -110,6 +116,7 @@ def _config(args: argparse.Namespace) -> BenchConfig:
         modes=tuple(args.modes),
         compile_mode=args.compile_mode or ("both" if on_cuda else "off"),
         include_reference=not args.no_reference,
+        baseline_onednn=args.baseline_onednn,
         rounds=args.rounds or rounds,
         warmup=args.warmup,
         device=device,

@@ -19,9 +19,8 @@ Two rewrites, each an exact identity up to float rounding:
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from .mlp import linear_inference, matmul_inference, onednn_inference
+from .mlp import linear, matmul
 
 __all__ = [
     "low_rank_outer_product_sum",
@@ -99,9 +98,9 @@ def low_rank_bounded_update(
     if sum_first <= num_pooled * (out_rank + in_rank) * out_features:
         rows = output_basis.t() @ (v.transpose(1, 2) @ u)  # dW = scale * rows @ W1
     else:  # few pooled tokens, wide rank (WeightFormer-S at 224: Np = 49, D_r = 384)
-        rows = matmul_inference(v, output_basis).transpose(1, 2) @ u
+        rows = matmul(v, output_basis).transpose(1, 2) @ u
     gram = input_basis @ input_basis.t()  # (C_r, C_r)
-    squared = (matmul_inference(rows, gram) * rows).sum(dim=-1, keepdim=True)  # (B, D, 1): ||rows_d W1||^2
+    squared = (matmul(rows, gram) * rows).sum(dim=-1, keepdim=True)  # (B, D, 1): ||rows_d W1||^2
     # Clamped above 0: the norm's gradient at a zero row is then 0, as torch.linalg.vector_norm's.
     norm = squared.clamp_min(torch.finfo(squared.dtype).tiny).sqrt() * scale  # ||dW_d||
     return rows * (scale / (norm + 1.0))
@@ -114,11 +113,8 @@ def apply_low_rank_dynamic_weight(
     (B, D, C_r), input_basis W1: (C_r, C) -> (B, H, W, D)."""
     batch, height, width, channels = x.shape
     tokens = x.reshape(batch, height * width, channels)  # (B, N, C)
-    if onednn_inference(tokens, weight):  # CPU inference: oneDNN's GEMM, see kernels.mlp
-        y = linear_inference(tokens, weight, bias)  # (B, N, D)
-    else:
-        y = F.linear(tokens, weight, bias)  # (B, N, D): the static part, one GEMM over all B*N tokens
-    correction = (matmul_inference(tokens, input_basis.t()), rows.transpose(1, 2))  # + (x W1^T) R^T
+    y = linear(tokens, weight, bias)  # (B, N, D): the static part, one GEMM over all B*N tokens (oneDNN on CPU)
+    correction = (matmul(tokens, input_basis.t()), rows.transpose(1, 2))  # + (x W1^T) R^T
     if torch.is_grad_enabled() and y.requires_grad:
         # Out of place: in place on F.linear's (viewed) output, autograd would add a CopySlices / AsStrided
         # backward (a zero-filled and two copied (B, N, D) buffers, ~6 % of the layer's training step).

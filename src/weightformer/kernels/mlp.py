@@ -3,7 +3,8 @@
 Autograd keeps two (tokens x 4C) activations per MLP for the reference `fc2(act(h))`: h, for GELU's derivative,
 and GELU(h), fc2's input for its weight gradient. GELU is cheap to recompute, so this function saves h alone and
 recomputes GELU(h) in the backward pass: a quarter less activation memory per block at the cost of one extra
-elementwise pass. The forward computes exactly the reference's ops, so outputs and gradients are the same.
+elementwise pass. The forward computes the reference's ops, so outputs and gradients are the same (on fp32 CPU
+tensors up to rounding: the products run on oneDNN there, see below).
 
 The fused function reads fc2's weight instead of calling fc2 and never calls the activation module, so it is
 only used where that is unobservable: `gelu_linear_fusable` says when (plain nn.GELU and nn.Linear modules,
@@ -17,6 +18,11 @@ unfused ops read and write the (tokens x 4C) hidden map twice more and the resid
 on CPU (1 thread, CPU time, 3136 tokens, fp32): 12.6 vs 23.7 ms per MLP at width 192, 35.8 vs 86.0 ms at 384;
 the outputs agree to fp32 rounding (relative 1e-6). Dynamic blocks fuse fc2 and the residual only (their fc1's
 weight differs per sample).
+
+Training on CPU in fp32 (`linear`, `onednn_training`): the forward product x W^T and the input gradient
+grad W run as oneDNN GEMMs too, the weight gradient grad^T x on torch.matmul. On the AMD EPYC of
+benchmarks/PROFILE.md MKL's sgemm (what torch.matmul calls) runs the first two layouts at 20-31 GMAC/s, oneDNN at
+52-67, and the third at ~35 on both. Same function, different rounding (relative ~1e-6).
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ __all__ = [
     "gelu_linear",
     "gelu_linear_fusable",
     "global_module_hooks",
+    "linear",
+    "onednn_training",
     "mlp_inference_fusable",
     "onednn_inference",
     "plain_linear",
@@ -81,7 +89,10 @@ class _GeluLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         # Under autocast F.linear casts its operands (to bf16, say); the backward repeats those casts by hand.
-        out = F.linear(F.gelu(hidden), weight, bias)
+        # oneDNN GEMMs where `_onednn_products` holds (fp32 CPU, eager), as `linear`'s.
+        ctx.onednn = _onednn_products(hidden, weight)
+        activated = F.gelu(hidden)
+        out = _onednn_gemm(activated, weight, bias) if ctx.onednn else F.linear(activated, weight, bias)
         ctx.save_for_backward(hidden, weight)
         ctx.has_bias = bias is not None
         ctx.bias_dtype = None if bias is None else bias.dtype
@@ -95,9 +106,30 @@ class _GeluLinear(torch.autograd.Function):
         flat_grad = grad_out.flatten(0, -2)  # (N, D)
         grad_weight = flat_grad.t() @ activated.flatten(0, -2).to(compute)  # (D, K)
         grad_bias = flat_grad.sum(0).to(ctx.bias_dtype) if ctx.has_bias else None
-        grad_activated = (grad_out @ weight.to(compute)).to(hidden.dtype)  # (..., K)
+        if ctx.onednn and not torch.is_grad_enabled():  # (create_graph=True: differentiable ops below)
+            grad_activated = _onednn_gemm(grad_out, weight.t(), None)
+        else:
+            grad_activated = (grad_out @ weight.to(compute)).to(hidden.dtype)  # (..., K)
         grad_hidden = torch.ops.aten.gelu_backward(grad_activated, hidden)  # what autograd's GELU node runs
         return grad_hidden, grad_weight.to(weight.dtype), grad_bias
+
+
+def _has_onednn_linear() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def _onednn_products(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether x W^T may be a oneDNN GEMM as far as the operands go: fp32 CPU tensors, outside autocast, eager mode
+    (torch.compile picks its own kernels), no functorch transform (torch.func) active."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and not torch.is_autocast_enabled("cpu")
+        and not torch.compiler.is_compiling()
+        and not torch._C._are_functorch_transforms_active()
+        and _has_onednn_linear()
+    )
 
 
 def gelu_linear(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -111,21 +143,64 @@ def gelu_linear(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     return _GeluLinear.apply(hidden, weight, bias)
 
 
-def _has_onednn_linear() -> bool:
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-
-
 def onednn_inference(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether x W^T may run as a oneDNN GEMM (`torch.ops.mkldnn._linear_pointwise`, no autograd): fp32 CPU
-    tensors, no gradients recorded, outside autocast, eager mode (torch.compile picks its own kernels)."""
-    return (
-        x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
-        and not torch.is_autocast_enabled("cpu")
-        and not torch.compiler.is_compiling()
-        and _has_onednn_linear()
-    )
+    """Whether x W^T may run as a oneDNN GEMM (`torch.ops.mkldnn._linear_pointwise`, no autograd): no gradients
+    recorded and the operands fit (`_onednn_products`: fp32 CPU, no autocast, eager, no torch.func transform)."""
+    return not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)) and _onednn_products(x, weight)
+
+
+def onednn_training(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether x W^T may run as oneDNN GEMMs with a backward (`linear`): gradients being recorded and the operands
+    fit (`_onednn_products`: fp32 CPU, no autocast, eager, no torch.func transform)."""
+    return torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad) and _onednn_products(x, weight)
+
+
+def _onednn_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight.contiguous(), bias, "none", [], "none")
+
+
+class _OneDNNLinear(torch.autograd.Function):
+    """F.linear with its forward product and its input gradient as oneDNN GEMMs; the weight gradient stays on
+    torch.matmul (its transposed-operand layout runs as fast there). Under create_graph the backward runs
+    differentiable torch ops instead, so double backward works as F.linear's."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return _onednn_gemm(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        grad_x = grad_weight = grad_bias = None
+        flat_grad = grad_out.reshape(-1, grad_out.shape[-1])  # (N, D)
+        if ctx.needs_input_grad[0]:
+            if torch.is_grad_enabled():  # create_graph=True
+                grad_x = grad_out @ weight
+            else:  # (N, D) x (D, C): oneDNN reads W^T as a linear layer's (C, D) weight, copied contiguous (small)
+                grad_x = _onednn_gemm(grad_out, weight.t(), None)
+        if ctx.needs_input_grad[1]:
+            grad_weight = flat_grad.t() @ x.reshape(-1, x.shape[-1])  # (D, C)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = flat_grad.sum(0)
+        return grad_x, grad_weight, grad_bias
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """F.linear(x, weight, bias), on oneDNN's GEMMs where that is unobservable up to float rounding.
+
+    x: (..., C), weight: (D, C), bias: (D,) or None -> (..., D). CPU fp32 inference: `linear_inference`;
+    training (`onednn_training`): the forward product and the input gradient on oneDNN, the weight gradient on
+    torch.matmul. Anything else (CUDA, autocast, float64, torch.compile): F.linear. On the AMD EPYC of
+    benchmarks/PROFILE.md, one thread, MKL's sgemm runs x W^T and grad W at ~20-31 GMAC/s for the classifier's
+    (3136 x 384) x (384 x 1536) products where oneDNN runs 52-67; grad^T x runs ~35 on both.
+    """
+    if onednn_inference(x, weight):
+        return linear_inference(x, weight, bias)
+    if onednn_training(x, weight):
+        return _OneDNNLinear.apply(x, weight, bias)
+    return F.linear(x, weight, bias)
 
 
 def mlp_inference_fusable(act: nn.Module, fc2: nn.Module, x: torch.Tensor) -> bool:
@@ -166,12 +241,12 @@ def linear_inference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "none")
 
 
-def matmul_inference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a @ b for a: (..., K) and a 2-D b: (K, M); a oneDNN GEMM where `onednn_inference` holds (b read as a linear
-    layer's weight b^T, a view: no copy), else torch.matmul. On the AMD EPYC of benchmarks/PROFILE.md oneDNN
-    runs the dynamic linear layer's rank-C/4 products about 2x faster than MKL."""
-    if b.ndim == 2 and onednn_inference(a, b):
-        return linear_inference(a, b.t(), None)
+def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b for a: (..., K) and a 2-D b: (K, M); on oneDNN GEMMs (b read as a linear layer's weight b^T) where
+    `linear` would use them, in inference and in training, else torch.matmul. On the AMD EPYC of
+    benchmarks/PROFILE.md oneDNN runs the dynamic linear layer's rank-C/4 products about 2x faster than MKL."""
+    if b.ndim == 2 and (onednn_inference(a, b) or onednn_training(a, b)):
+        return linear(a, b.t(), None)
     return a @ b
 
 

@@ -138,13 +138,16 @@ class LabelEmbedder(nn.Module):
 
 
 def _linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """layer(x); in eager fp32 CPU inference with nothing watching, as a oneDNN GEMM with the bias in its epilogue
-    (`kernels.linear_inference`): the same function, rounded differently (a float32 ulp or so). Both mixers use
-    it, so WeightFormer-DiT and the attention DiT run their GEMMs on the same library."""
+    """layer(x); in eager fp32 CPU work with nothing watching, on oneDNN GEMMs: in inference one GEMM with the bias
+    in its epilogue (`kernels.linear_inference`), in training the forward product and the input gradient
+    (`kernels.linear`). The same function, rounded differently (a float32 ulp or so). Both mixers use it, so
+    WeightFormer-DiT and the attention DiT run their GEMMs on the same library."""
     if not torch.jit.is_scripting():  # (TorchScript compiles only the plain call)
         fast = not kernels.reference_enabled() and kernels.plain_linear(layer)
         if fast and kernels.onednn_inference(x, layer.weight):
             return kernels.linear_inference(x, layer.weight, layer.bias)
+        if fast and kernels.onednn_training(x, layer.weight):
+            return kernels.linear(x, layer.weight, layer.bias)
     return layer(x)
 
 
@@ -167,6 +170,8 @@ class Mlp(nn.Module):
             if not kernels.reference_enabled() and kernels.mlp_inference_fusable(self.act, self.fc2, x):
                 hidden = kernels.hidden_inference(self.fc1, self.act, x)  # (N, h, w, 4D)
                 return kernels.linear_inference(hidden, self.fc2.weight, self.fc2.bias)
+            if not kernels.has_hooks(self.act):  # plain linear layers on oneDNN in training too (see `_linear`)
+                return _linear(self.fc2, self.act(_linear(self.fc1, x)))
         return self.fc2(self.act(self.fc1(x)))
 
 
