@@ -141,6 +141,14 @@ def test_focused_map_is_non_negative_keeps_the_norm_and_is_zero_off_the_positive
     # Tiny inputs: r^3 ~ 1e-60 underflows in float32, the map (computed on r / max r) does not.
     torch.testing.assert_close(focused_map(x.float()), phi.float(), rtol=1e-5, atol=0)
     assert phi[2, 2] > phi[2, 0] > 0
+    # A row with nothing positive is exactly 0 with finite gradients, in half precision too, and TorchScript
+    # compiles the map (the *_normalized models script).
+    half = x.detach().half().requires_grad_()
+    out = focused_map(half)
+    assert (out[1] == 0).all() and out.isfinite().all()
+    out.sum().backward()
+    assert half.grad.isfinite().all()
+    torch.testing.assert_close(torch.jit.script(focused_map)(x.detach(), 3.0), phi.detach(), rtol=0, atol=0)
 
 
 def test_agent_summary_sits_on_one_token_whatever_the_token_count():

@@ -217,10 +217,12 @@ def focused_map(x: torch.Tensor, focusing: float = 3.0) -> torch.Tensor:
 
     The power p > 1 pulls r^p towards its largest components (a softmax-like focus), the two norms keep the
     length of r. Computed on s = r / max(r), which leaves phi unchanged: s^p neither underflows nor overflows in
-    low precision, and ||s^p|| >= 1 unless r = 0, so clamping it at 1 only turns 0 / 0 into 0.
+    low precision, and ||s^p|| >= 1 unless r = 0, so clamping it at 1 only turns 0 / 0 into 0. (Where r = 0,
+    max(r) is replaced by 1: s = 0 either way, in any dtype, and TorchScript compiles it.)
     """
     r = F.relu(x)
-    top = r.amax(dim=-1, keepdim=True).clamp_min(torch.finfo(r.dtype).tiny)
+    top = r.amax(dim=-1, keepdim=True)
+    top = torch.where(top > 0, top, torch.ones_like(top))
     s = (r / top).pow(focusing)
     length = torch.linalg.vector_norm(r, dim=-1, keepdim=True)  # ||r||
     return s * (length / torch.linalg.vector_norm(s, dim=-1, keepdim=True).clamp_min(1.0))
