@@ -12,7 +12,10 @@ the fast path computes the same function (tests hold it to the reference) with f
 - the MLP's fc2(GELU(h)) keeping only h for the backward pass, GELU recomputed there (`mlp`), only while
   nothing could observe the difference (`gelu_linear_fusable`); in CPU inference, oneDNN GEMMs with fc1's
   bias and GELU and fc2's bias and the block's residual add in their epilogues (`mlp_inference_fusable`), the GELU
-  in place after a dynamic fc1 (`hidden_inference`).
+  in place after a dynamic fc1 (`hidden_inference`);
+- on fp32 CPU tensors in eager mode, linear layers on oneDNN's GEMMs (`linear`, `matmul`): in inference one GEMM
+  with the bias in its epilogue, in training the forward product and the input gradient (the weight gradient
+  on torch.matmul), where torch.matmul would call MKL.
 
 Switch to the reference path with `use_reference()` (a context manager, or `use_reference(True)` globally) or
 the environment variable WEIGHTFORMER_REFERENCE=1; `weightformer bench` runs both side by side. The reference
