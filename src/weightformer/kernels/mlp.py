@@ -20,9 +20,11 @@ the outputs agree to fp32 rounding (relative 1e-6). Dynamic blocks fuse fc2 and 
 weight differs per sample).
 
 Training on CPU in fp32 (`linear`, `onednn_training`): the forward product x W^T and the input gradient
-grad W run as oneDNN GEMMs too, the weight gradient grad^T x on torch.matmul. On the AMD EPYC of
-benchmarks/PROFILE.md MKL's sgemm (what torch.matmul calls) runs the first two layouts at 20-31 GMAC/s, oneDNN at
-52-67, and the third at ~35 on both. Same function, different rounding (relative ~1e-6).
+grad W run as oneDNN GEMMs too, the weight gradient grad^T x on torch.matmul. On the idle AMD EPYC of
+benchmarks/RESULTS.md (`python benchmarks/gemm_libraries.py`, one thread, the classifier's MLP shapes at 224²)
+torch.matmul (MKL) runs all three at 45-51 GMAC/s, oneDNN the first two at 104-115 and grad^T x, its operands
+copied transposed, at 69-87: the weight gradient would gain too and is the next product to move. Same function,
+different rounding (relative ~1e-6).
 """
 
 from __future__ import annotations
@@ -161,8 +163,8 @@ def _onednn_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
 
 class _OneDNNLinear(torch.autograd.Function):
     """F.linear with its forward product and its input gradient as oneDNN GEMMs; the weight gradient stays on
-    torch.matmul (its transposed-operand layout runs as fast there). Under create_graph the backward runs
-    differentiable torch ops instead, so double backward works as F.linear's."""
+    torch.matmul (see the module docstring). Under create_graph the backward runs differentiable torch ops
+    instead, so double backward works as F.linear's."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -193,8 +195,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
     x: (..., C), weight: (D, C), bias: (D,) or None -> (..., D). CPU fp32 inference: `linear_inference`;
     training (`onednn_training`): the forward product and the input gradient on oneDNN, the weight gradient on
     torch.matmul. Anything else (CUDA, autocast, float64, torch.compile): F.linear. On the AMD EPYC of
-    benchmarks/PROFILE.md, one thread, MKL's sgemm runs x W^T and grad W at ~20-31 GMAC/s for the classifier's
-    (3136 x 384) x (384 x 1536) products where oneDNN runs 52-67; grad^T x runs ~35 on both.
+    benchmarks/RESULTS.md, one thread, oneDNN runs the classifier's (3136 x 384) x (384 x 1536) products about
+    2.2x faster than torch.matmul (MKL) does (`benchmarks/gemm_libraries.py`).
     """
     if onednn_inference(x, weight):
         return linear_inference(x, weight, bias)
