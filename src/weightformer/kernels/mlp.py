@@ -23,8 +23,8 @@ Training on CPU in fp32 (`linear`, `onednn_training`): the forward product x W^T
 grad W run as oneDNN GEMMs too, the weight gradient grad^T x on torch.matmul. On the idle AMD EPYC of
 benchmarks/RESULTS.md (`python benchmarks/gemm_libraries.py`, one thread, the classifier's MLP shapes at 224²)
 torch.matmul (MKL) runs all three at 45-51 GMAC/s, oneDNN the first two at 104-115 and grad^T x, its operands
-copied transposed, at 69-87: the weight gradient would gain too and is the next product to move. Same function,
-different rounding (relative ~1e-6).
+copied transposed, at 69-87 (two runs): the weight gradient would gain too and is the next product to move.
+Same function, different rounding (relative ~1e-6).
 """
 
 from __future__ import annotations
