@@ -105,6 +105,7 @@ def test_dit_cpu_inference_on_onednn_gemms_equals_reference_and_steps_aside_when
         return wrapper
 
     monkeypatch.setattr(kernels, "linear_inference", counted("linear", kernels.linear_inference))
+    monkeypatch.setattr(kernels, "linear", counted("linear", kernels.linear))  # `_linear`'s GEMMs
     monkeypatch.setattr(kernels.mlp, "linear_gelu_inference", counted("linear_gelu", kernels.mlp.linear_gelu_inference))
     model = WeightFormerDiT(input_size=6, patch_size=2, hidden_size=32, depth=4, num_classes=5, mixer=mixer,
                             num_heads=2).eval()

@@ -247,7 +247,7 @@ def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a @ b for a: (..., K) and a 2-D b: (K, M); on oneDNN GEMMs (b read as a linear layer's weight b^T) where
     `linear` would use them, in inference and in training, else torch.matmul. On the AMD EPYC of
     benchmarks/PROFILE.md oneDNN runs the dynamic linear layer's rank-C/4 products about 2x faster than MKL."""
-    if b.ndim == 2 and (onednn_inference(a, b) or onednn_training(a, b)):
+    if b.ndim == 2 and _onednn_products(a, b):  # `linear` then picks its inference or training form
         return linear(a, b.t(), None)
     return a @ b
 

@@ -143,11 +143,8 @@ def _linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     (`kernels.linear`). The same function, rounded differently (a float32 ulp or so). Both mixers use it, so
     WeightFormer-DiT and the attention DiT run their GEMMs on the same library."""
     if not torch.jit.is_scripting():  # (TorchScript compiles only the plain call)
-        fast = not kernels.reference_enabled() and kernels.plain_linear(layer)
-        if fast and kernels.onednn_inference(x, layer.weight):
-            return kernels.linear_inference(x, layer.weight, layer.bias)
-        if fast and kernels.onednn_training(x, layer.weight):
-            return kernels.linear(x, layer.weight, layer.bias)
+        if not kernels.reference_enabled() and kernels.plain_linear(layer):
+            return kernels.linear(x, layer.weight, layer.bias)  # oneDNN where it applies, else F.linear
     return layer(x)
 
 
@@ -170,8 +167,7 @@ class Mlp(nn.Module):
             if not kernels.reference_enabled() and kernels.mlp_inference_fusable(self.act, self.fc2, x):
                 hidden = kernels.hidden_inference(self.fc1, self.act, x)  # (N, h, w, 4D)
                 return kernels.linear_inference(hidden, self.fc2.weight, self.fc2.bias)
-            if not kernels.has_hooks(self.act):  # plain linear layers on oneDNN in training too (see `_linear`)
-                return _linear(self.fc2, self.act(_linear(self.fc1, x)))
+            return _linear(self.fc2, self.act(_linear(self.fc1, x)))  # plain linear layers on oneDNN too
         return self.fc2(self.act(self.fc1(x)))
 
 
