@@ -2,8 +2,9 @@
 
 For WeightFormer-T/S's MLP shapes at 224² (batch 16: 3,136 tokens) times x W^T (forward), grad W (input
 gradient) and grad^T x (weight gradient) both ways and prints GMAC/s, with the largest relative difference of
-each oneDNN result from torch.matmul's. The numbers behind `weightformer.kernels.linear`'s choice (oneDNN for
-the first two, torch.matmul for the third). Writes the table as JSON too.
+each oneDNN result from torch.matmul's. The numbers behind `weightformer.kernels.linear`'s choice of oneDNN for
+all three in CPU training (the weight gradient as oneDNN's inner-product backward, `_onednn_weight_grad`).
+Writes the table as JSON too.
 
     python benchmarks/gemm_libraries.py [--threads 1] [--out benchmarks/gemm_libraries.json]
 """
@@ -17,6 +18,7 @@ import time
 import torch
 
 from weightformer.analysis.bench import environment
+from weightformer.kernels.mlp import _onednn_weight_grad
 
 
 def best_ms(fn, repeats: int) -> float:
@@ -35,10 +37,7 @@ def _cases(x: torch.Tensor, w: torch.Tensor, g: torch.Tensor) -> dict:
     return {
         "forward x W^T": (lambda: x @ w.t(), lambda: onednn(x, w, None, "none", [], "none")),
         "input gradient grad W": (lambda: g @ w, lambda: onednn(g, w.t().contiguous(), None, "none", [], "none")),
-        "weight gradient grad^T x": (
-            lambda: g.t() @ x,
-            lambda: onednn(g.t().contiguous(), x.t().contiguous(), None, "none", [], "none"),
-        ),
+        "weight gradient grad^T x": (lambda: g.t() @ x, lambda: _onednn_weight_grad(g, x, w, False)[0]),
     }
 
 

@@ -240,10 +240,11 @@ def test_dit_training_on_onednn_gemms_equals_reference_for_both_mixers(mixer, mo
 
 
 def test_classifier_training_on_onednn_gemms_equals_reference(monkeypatch):
-    calls, fused = [], []
-    onednn, gemm = kernels.linear, kernels.mlp._onednn_gemm
+    calls, fused, weight_grads = [], [], []
+    onednn, gemm, weight_grad = kernels.linear, kernels.mlp._onednn_gemm, kernels.mlp._onednn_weight_grad
     monkeypatch.setattr(kernels, "linear", lambda *args: calls.append(args) or onednn(*args))
     monkeypatch.setattr(kernels.mlp, "_onednn_gemm", lambda *args: fused.append(args) or gemm(*args))
+    monkeypatch.setattr(kernels.mlp, "_onednn_weight_grad", lambda *a: weight_grads.append(a) or weight_grad(*a))
     model = timm.create_model("weightformer_tiny", embed_dim=24, depth=4, num_classes=3, img_size=64)
     _randomise(model, seed=8)
     x = torch.randn(2, 3, 64, 80, generator=torch.Generator().manual_seed(5))
@@ -251,9 +252,10 @@ def test_classifier_training_on_onednn_gemms_equals_reference(monkeypatch):
     grads = torch.autograd.grad(model(x).logsumexp(-1).sum(), params)
     static = 4 - len(model.dynamic_indices)
     assert len(calls) == static  # every static fc1; fc2 runs inside the fused GELU + fc2
-    # A forward and an input-gradient GEMM each: fc1 and fc2 of each static MLP; fc2, W0 and the rank-C/4
-    # products x W1^T and rows x Gram of each dynamic one (rows through the D_r x C_r sum at this size).
+    # A forward and an input-gradient GEMM (and a weight gradient) each: fc1 and fc2 of each static MLP; fc2, W0
+    # and the rank-C/4 products x W1^T and rows x Gram of each dynamic one (rows through the D_r x C_r sum here).
     assert len(fused) == 2 * 2 * static + 2 * 4 * len(model.dynamic_indices)
+    assert len(weight_grads) == len(fused) // 2  # each product's weight gradient on oneDNN too
     with kernels.use_reference():
         grads_ref = torch.autograd.grad(model(x).logsumexp(-1).sum(), params)
     for g, r in zip(grads, grads_ref, strict=True):

@@ -31,6 +31,24 @@ def test_gelu_linear_matches_reference_in_float64(shape):
         torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
 
 
+def test_gelu_linear_in_float32_on_onednn_matches_a_float64_reference(monkeypatch):
+    from weightformer.kernels import mlp
+
+    calls = []
+    weight_grad = mlp._onednn_weight_grad
+    monkeypatch.setattr(mlp, "_onednn_weight_grad", lambda *args: calls.append(args) or weight_grad(*args))
+    gen = torch.Generator().manual_seed(2)
+    hidden = torch.randn(3, 7, 13, generator=gen)
+    weight = torch.randn(11, 13, generator=gen)
+    bias = torch.randn(11, generator=gen)
+    grad_out = torch.randn(3, 7, 11, generator=gen)
+    ours = _grads(gelu_linear, hidden, weight, bias, grad_out)
+    assert len(calls) == 1  # fp32 CPU: the weight and bias gradients came from oneDNN's inner-product backward
+    ref = _grads(_reference, *(t.double() for t in (hidden, weight, bias, grad_out)))
+    for a, b in zip(ours, ref, strict=True):
+        torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-5 * b.abs().max().item())
+
+
 def test_gelu_linear_under_bf16_autocast_matches_reference():
     gen = torch.Generator().manual_seed(1)
     hidden = torch.randn(4, 6, 16, generator=gen)

@@ -106,11 +106,12 @@ class _GeluLinear(torch.autograd.Function):
         compute = grad_out.dtype  # the dtype the forward's matmul ran in
         activated = F.gelu(hidden)  # recomputed: the activation that was not stored
         flat_grad = grad_out.flatten(0, -2)  # (N, D)
-        grad_weight = flat_grad.t() @ activated.flatten(0, -2).to(compute)  # (D, K)
-        grad_bias = flat_grad.sum(0).to(ctx.bias_dtype) if ctx.has_bias else None
         if ctx.onednn and not torch.is_grad_enabled():  # (create_graph=True: differentiable ops below)
+            grad_weight, grad_bias = _onednn_weight_grad(flat_grad, activated.flatten(0, -2), weight, ctx.has_bias)
             grad_activated = _onednn_gemm(grad_out, weight.t(), None)
         else:
+            grad_weight = flat_grad.t() @ activated.flatten(0, -2).to(compute)  # (D, K)
+            grad_bias = flat_grad.sum(0).to(ctx.bias_dtype) if ctx.has_bias else None
             grad_activated = (grad_out @ weight.to(compute)).to(hidden.dtype)  # (..., K)
         grad_hidden = torch.ops.aten.gelu_backward(grad_activated, hidden)  # what autograd's GELU node runs
         return grad_hidden, grad_weight.to(weight.dtype), grad_bias
@@ -161,10 +162,23 @@ def _onednn_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight.contiguous(), bias, "none", [], "none")
 
 
+def _onednn_weight_grad(
+    grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, with_bias: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A linear layer's weight gradient grad^T x, and its bias gradient grad.sum(0) if with_bias, as oneDNN's
+    inner-product backward (the op torch's own mkldnn linear uses). grad: (N, D), x: (N, C), weight: (D, C) ->
+    (D, C), (D,) or None. The op reads grad and x as oneDNN tensors (one copy each) and returns dense tensors for
+    a dense weight, whose values it does not read."""
+    grad_weight, grad_bias = torch.ops.aten.mkldnn_linear_backward_weights(
+        grad.contiguous().to_mkldnn(), x.contiguous().to_mkldnn(), weight, with_bias
+    )
+    return grad_weight, (grad_bias if with_bias else None)
+
+
 class _OneDNNLinear(torch.autograd.Function):
-    """F.linear with its forward product and its input gradient as oneDNN GEMMs; the weight gradient stays on
-    torch.matmul (see the module docstring). Under create_graph the backward runs differentiable torch ops
-    instead, so double backward works as F.linear's."""
+    """F.linear with its forward product, its input gradient and its weight (and bias) gradient on oneDNN (see the
+    module docstring). Under create_graph the backward runs differentiable torch ops instead, so double backward
+    works as F.linear's."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -177,14 +191,18 @@ class _OneDNNLinear(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         grad_x = grad_weight = grad_bias = None
         flat_grad = grad_out.reshape(-1, grad_out.shape[-1])  # (N, D)
+        create_graph = torch.is_grad_enabled()
         if ctx.needs_input_grad[0]:
-            if torch.is_grad_enabled():  # create_graph=True
+            if create_graph:
                 grad_x = grad_out @ weight
             else:  # (N, D) x (D, C): oneDNN reads W^T as a linear layer's (C, D) weight, copied contiguous (small)
                 grad_x = _onednn_gemm(grad_out, weight.t(), None)
-        if ctx.needs_input_grad[1]:
+        wants_bias = ctx.has_bias and ctx.needs_input_grad[2]
+        if ctx.needs_input_grad[1] and not create_graph:  # bias gradient from the same oneDNN call
+            grad_weight, grad_bias = _onednn_weight_grad(flat_grad, x.reshape(-1, x.shape[-1]), weight, wants_bias)
+        elif ctx.needs_input_grad[1]:
             grad_weight = flat_grad.t() @ x.reshape(-1, x.shape[-1])  # (D, C)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
+        if wants_bias and grad_bias is None:
             grad_bias = flat_grad.sum(0)
         return grad_x, grad_weight, grad_bias
 
