@@ -47,3 +47,25 @@ def test_profile_command_writes_json(tmp_path):
                  "--modes", "inference", "--out", str(out)]) == 0
     data = json.loads((tmp_path / "p.json").read_text())
     assert data["command"].startswith("weightformer") and "inference" in data["modes"]
+
+
+def test_profile_of_generation_compares_weightformer_dit_with_the_attention_dit():
+    from weightformer.analysis.summary import macs_per_image
+
+    cfg = ProfileConfig(model="weightformer_dit_s_2", task="generation", resolution=8, batch=2, steps=1, warmup=0,
+                        modes=("inference", "train"))
+    results = run_profile(cfg, log=lambda line: None)
+    for mode in ("inference", "train"):
+        wf, dit = results["modes"][mode]["weightformer_dit_s_2"], results["modes"][mode]["dit_attn_s_2"]
+        assert wf["families"]["dynamic predictors"]["ms"] > 0 and wf["families"]["attention (SDPA)"]["ms"] == 0
+        assert dit["families"]["attention (SDPA)"]["gmacs"] > 0 and dit["families"]["dynamic predictors"]["ms"] == 0
+        assert wf["families"]["depthwise conv (dynamic)"]["gmacs"] > 0
+        # DiT's 2x2 stride-2 stem is the patch embedding, not a depthwise conv; the same in both models.
+        stems = [m["families"]["patch embedding conv"]["gmacs"] for m in (wf, dit)]
+        assert stems[0] > 0 and stems[0] == pytest.approx(stems[1])
+        assert dit["families"]["depthwise conv (static)"]["gmacs"] == 0
+    # A guided step runs the 2 x batch latents through the network once: the attention DiT's profiled MACs are
+    # its counted MACs per latent (attention's products included) times 4.
+    profiled = results["modes"]["inference"]["dit_attn_s_2"]["total_gmacs"]
+    assert profiled == pytest.approx(4 * macs_per_image("dit_attn_s_2", 8).gmacs, rel=0.05)
+    assert "WF-DiT-S/2" in format_profile(results)

@@ -2,13 +2,15 @@
 
 `weightformer profile` runs one classification step of WeightFormer and of the DeiT of the same width (the
 contestants of `weightformer bench`, same inputs, same batch, fast path, eager) under torch.profiler with
-recorded shapes, alternating the two models step by step, and sums each op's *self* time into one family:
+recorded shapes, alternating the two models step by step, and sums each op's *self* time into one family.
+With task "generation" the two are WeightFormer-DiT and the attention DiT of the same size, and the steps are
+the bench's guided sampling step and diffusion training step on latents.
 
     GEMM                     linear / addmm / mm / bmm / baddbmm (MKL) and oneDNN's linear with fused epilogues
                              (mkldnn::_linear_pointwise), outside the dynamic predictors
     depthwise conv (static)  the 3x3 token mixer of static blocks (forward and backward)
     depthwise conv (dynamic) the per-sample 3x3 conv of dynamic blocks (its kernel predictor excluded)
-    patch embedding conv     the 16x16 stride-16 stem conv
+    patch embedding conv     the stem conv (16x16 stride 16; DiT's 2x2 stride 2): any conv that is not depthwise
     layer norm               native_layer_norm and its backward
     dynamic predictors       every op inside a kernel or weight predictor (pooling, small projections, GELU/SiLU,
                              outer-product sum, column / kernel normalisation), forward and backward
@@ -51,7 +53,7 @@ from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
 
 from ..layers import DynamicDWConv2d
 from ..layers.dynamic_linear import PREDICTOR_RANGE
-from .bench import DEIT_OF, BenchConfig, _build, _make_step, bench_inputs, prepare
+from .bench import DEIT_OF, DIT_OF, BenchConfig, _build, _make_dit_step, _make_step, bench_inputs, prepare
 from .summary import format_table
 
 __all__ = ["FAMILIES", "ProfileConfig", "run_profile", "format_profile"]
@@ -85,10 +87,12 @@ class ProfileConfig:
     """What `run_profile` measures.
 
     Args:
-        model: a key of `weightformer.analysis.bench.DEIT_OF` (WeightFormer-T or -S); DeiT of the same width too.
-        resolution: square input size.
-        batch: batch size.
-        modes: "inference" and/or "train" (forward, cross-entropy, backward, AdamW step), as in the bench.
+        model: a key of `weightformer.analysis.bench.DEIT_OF` (WeightFormer-T or -S; DeiT of the same width too),
+            or with task "generation" of `DIT_OF` (WeightFormer-DiT-S/2 or -B/2; the attention DiT too).
+        resolution: square input size (generation: the latent side).
+        batch: batch size (generation: latents; a guided sampling step runs twice as many through the network).
+        modes: "inference" and/or "train" (forward, cross-entropy, backward, AdamW step), as in the bench;
+            generation: a guided denoising step and a diffusion training step.
         steps: profiled steps per model and mode (alternating the models); times are per step, medians.
         warmup: unprofiled steps per model first.
         threads: torch.set_num_threads (None: leave as is).
@@ -101,6 +105,7 @@ class ProfileConfig:
     steps: int = 2
     warmup: int = 1
     threads: int | None = None
+    task: str = "classification"
 
 
 def _mark(model: nn.Module) -> list[Any]:
@@ -189,7 +194,7 @@ def _family(outermost: Any | None, scope: str | None, optimizer: bool) -> str:
     if name in _CONVS:
         shapes = outermost.input_shapes or []
         weight = shapes[2 if name == "convolution_backward" else 1] if len(shapes) > 2 else None
-        if weight and len(weight) == 4 and weight[-1] >= 8:
+        if weight and len(weight) == 4 and weight[1] > 1:  # more than one input channel per group: not depthwise
             return "patch embedding conv"
         return "depthwise conv (dynamic)" if scope == _DYNAMIC_CONV else "depthwise conv (static)"
     if name in _NORMS:
@@ -251,18 +256,26 @@ class _Contestant:
 
 def run_profile(cfg: ProfileConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Profile WeightFormer and its DeiT; returns a JSON-ready dict (see `format_profile`)."""
-    bench = BenchConfig(model=cfg.model, resolutions=[cfg.resolution], base_batch=cfg.batch, threads=cfg.threads,
-                        device="cpu")
+    bench = BenchConfig(model=cfg.model, task=cfg.task, resolutions=[cfg.resolution], base_batch=cfg.batch,
+                        threads=cfg.threads, device="cpu")
     prepare(bench)
+    generation = cfg.task == "generation"
+    baseline = (DIT_OF if generation else DEIT_OF)[cfg.model]
     images, labels = bench_inputs(bench, cfg.resolution)
     images, labels = images[: cfg.batch], labels[: cfg.batch]
-    results: dict[str, Any] = dict(config=asdict(cfg), deit=DEIT_OF[cfg.model], threads=torch.get_num_threads(),
-                                   modes={})
+    results: dict[str, Any] = dict(config=asdict(cfg), deit=baseline, threads=torch.get_num_threads(), modes={})
     for mode in cfg.modes:
         contestants = []
-        for name in (cfg.model, DEIT_OF[cfg.model]):
-            model = _build(name, cfg.resolution, bench)
-            contestants.append(_Contestant(name, _make_step(model, mode, images, labels, "cpu", False), model))
+        for name in (cfg.model, baseline):
+            if generation:
+                from ..models import create_model
+
+                model = create_model(name, input_size=cfg.resolution, num_classes=bench.num_classes)
+                step = _make_dit_step(model, mode, images, labels, "cpu", False)
+            else:
+                model = _build(name, cfg.resolution, bench)
+                step = _make_step(model, mode, images, labels, "cpu", False)
+            contestants.append(_Contestant(name, step, model))
         for c in contestants:
             for _ in range(cfg.warmup):
                 c.step()
@@ -325,4 +338,5 @@ def format_profile(results: dict[str, Any]) -> str:
 
 def _short(name: str) -> str:
     return {"weightformer_tiny": "WF-T", "weightformer_small": "WF-S", "deit_tiny_patch16_224": "DeiT-T",
-            "deit_small_patch16_224": "DeiT-S"}.get(name, name)
+            "deit_small_patch16_224": "DeiT-S", "weightformer_dit_s_2": "WF-DiT-S/2", "dit_attn_s_2": "DiT-S/2",
+            "weightformer_dit_b_2": "WF-DiT-B/2", "dit_attn_b_2": "DiT-B/2"}.get(name, name)

@@ -1,4 +1,5 @@
-"""`weightformer profile`: where the time goes, per op family, WeightFormer against the DeiT of the same width."""
+"""`weightformer profile`: where the time goes, per op family, WeightFormer against the DeiT of the same width
+(or WeightFormer-DiT against the attention DiT, `--task generation`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import sys
 from pathlib import Path
 
 from ..analysis.profile import ProfileConfig, format_profile, run_profile
-from .bench import _VARIANTS
+from .bench import _DIT_VARIANTS, _VARIANTS
 from .options import add_output
 
 
@@ -19,12 +20,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Profiles training and inference steps of WeightFormer (fast path, eager) and the DeiT of the same "
             "width on the same batch, alternating the two, and prints per op family (GEMMs, depthwise convs, "
-            "norms, dynamic predictors, attention, elementwise, ...) the self time, MACs and GMAC/s; writes JSON."
+            "norms, dynamic predictors, attention, elementwise, ...) the self time, MACs and GMAC/s; writes JSON. "
+            "--task generation: WeightFormer-DiT against the attention DiT of the same size on latents."
         ),
     )
-    parser.add_argument("--model", default="tiny", choices=sorted(_VARIANTS), help="variant (default tiny)")
-    parser.add_argument("--resolution", type=int, default=224, help="input side (default 224)")
-    parser.add_argument("--batch", type=int, default=16, help="batch size (default 16, the bench's at 224)")
+    parser.add_argument(
+        "--task", default="classification", choices=["classification", "generation"],
+        help="generation: WeightFormer-DiT/2 against the attention DiT/2 on latents (guided sampling step and "
+        "diffusion training step)",
+    )
+    parser.add_argument("--model", choices=sorted({*_VARIANTS, *_DIT_VARIANTS}),
+                        help="variant (default tiny; generation: small)")
+    parser.add_argument("--resolution", type=int, help="input side (default 224; generation: latent side, 32)")
+    parser.add_argument("--batch", type=int, help="batch size (default 16, the bench's at 224; generation: 32)")
     parser.add_argument("--modes", nargs="+", choices=["inference", "train"], default=["inference", "train"])
     parser.add_argument("--steps", type=int, default=2, help="profiled steps per model and mode (default 2)")
     parser.add_argument("--warmup", type=int, default=1, help="unprofiled steps per model first (default 1)")
@@ -34,9 +42,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.steps < 1 or args.warmup < 0 or args.batch < 1:
+    generation = args.task == "generation"
+    variants = _DIT_VARIANTS if generation else _VARIANTS
+    name = args.model or ("small" if generation else "tiny")
+    if name not in variants:
+        raise ValueError(f"--model {name} is not a {args.task} variant; choose from {', '.join(sorted(variants))}.")
+    batch = args.batch if args.batch is not None else (32 if generation else 16)
+    resolution = args.resolution if args.resolution is not None else (32 if generation else 224)
+    if args.steps < 1 or args.warmup < 0 or batch < 1:
         raise ValueError("--steps and --batch must be at least 1 and --warmup at least 0.")
-    cfg = ProfileConfig(model=_VARIANTS[args.model], resolution=args.resolution, batch=args.batch,
+    cfg = ProfileConfig(model=variants[name], task=args.task, resolution=resolution, batch=batch,
                         modes=tuple(args.modes), steps=args.steps, warmup=args.warmup, threads=args.threads)
     path = Path(args.output).with_name(Path(args.output).name + ".json")
     path.parent.mkdir(parents=True, exist_ok=True)
