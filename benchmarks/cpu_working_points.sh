@@ -5,6 +5,8 @@
 #   *_normalized variants), dit (WeightFormer-DiT-S/2 at latent 32 and 64, B/2 at 32, batch 32), dit128
 #   (S/2 guided sampling at latent 128, batch 32; not in the default set: ~15 min; its training step at batch 32
 #   needs more memory than 24 GiB).
+# EXTRA="--system-malloc" adds arguments to every command (that one: glibc's malloc defaults instead of keeping
+# freed memory for reuse, see weightformer.kernels.reuse_freed_cpu_memory).
 # Each command writes OUTDIR/NAME.{json,png} (every timed round, the machine, the command) and prints its table;
 # the tables also go to OUTDIR/cpu_working_points.txt. Run it on an otherwise idle machine: the ratios are only
 # comparable within one command (contestants interleaved), and other load moves them by +-10 %.
@@ -17,8 +19,8 @@ log="$out/cpu_working_points.txt"
 : > "$log"
 bench() {  # NAME ARGS...: one bench command, its table appended to the log
   local name=$1; shift
-  echo "== $name: weightformer bench $*" | tee -a "$log"
-  weightformer bench --device cpu --threads 2 --no-reference "$@" --out "$out/$name" | tee -a "$log"
+  echo "== $name: weightformer bench $* ${EXTRA:-}" | tee -a "$log"
+  weightformer bench --device cpu --threads 2 --no-reference "$@" ${EXTRA:-} --out "$out/$name" | tee -a "$log"
 }
 for part in $only; do
   case $part in

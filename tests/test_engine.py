@@ -119,3 +119,13 @@ def test_resume_from_a_file_that_is_not_a_training_checkpoint_fails_in_one_line(
     junk.write_bytes(b"\x00\x01garbage" * 10)
     with pytest.raises(ValueError, match="junk.pth is not a checkpoint"):
         _run(numbers_config(tmp_path, resume=str(junk)))
+
+
+@pytest.mark.parametrize("reuse", [True, False])
+def test_cpu_training_keeps_freed_memory_for_reuse_unless_told_not_to(tmp_path, monkeypatch, reuse):
+    from weightformer import kernels
+
+    calls = []
+    monkeypatch.setattr(kernels, "reuse_freed_cpu_memory", lambda enabled=True: calls.append(enabled) or True)
+    _run(numbers_config(tmp_path, epochs=1, reuse_cpu_memory=reuse))
+    assert calls == ([True] if reuse else [])

@@ -85,6 +85,8 @@ class BenchConfig:
             SDPA on 4-channel latents; resolutions are latent sides, 32 = 256 px; batch = base_batch at every
             latent; "inference" times one guided denoising step of the batch (2 x batch through the network),
             "train" one diffusion training step: forward at random timesteps, MSE to the noise, backward, AdamW).
+        reuse_cpu_memory: on CPU, keep freed memory in the process (`kernels.reuse_freed_cpu_memory`) so that
+            no contestant page-faults its activations in afresh every step; False: the C library's default.
     """
 
     model: str = "weightformer_tiny"
@@ -101,6 +103,7 @@ class BenchConfig:
     num_classes: int = 1000
     task: str = "classification"
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # generation: e.g. a smaller width for tests
+    reuse_cpu_memory: bool = True
 
     def batch_for(self, resolution: int) -> int:
         if self.task == "generation":
@@ -134,6 +137,7 @@ def environment(device: str, load_at_start: list[float] | None = None) -> dict[s
         "commit": _git_commit(),
         "load_average_at_start": load_at_start,
         "load_average_at_end": load_average(),
+        "cpu_memory_reused": kernels.freed_cpu_memory_reused(),  # kernels.reuse_freed_cpu_memory
     }
     try:
         import triton as _triton
@@ -159,6 +163,8 @@ def describe_environment(env: dict[str, Any]) -> str:
         parts.insert(0, f"{env['device']} ({env.get('gpu_memory_gib')} GiB, CUDA {env['cuda']})")
     parts.append(f"torch {env['torch']}, timm {env['timm']}, triton {env.get('triton')}, Python {env['python']}")
     parts.append(f"commit {env.get('commit') or 'unknown'}")
+    if "cpu_memory_reused" in env:
+        parts.append("freed CPU memory reused" if env["cpu_memory_reused"] else "C library's malloc defaults")
     start, end = env.get("load_average_at_start"), env.get("load_average_at_end")
     if start or end:
         fmt = lambda load: "?" if not load else f"{load[0]:.2f}"  # noqa: E731
@@ -460,6 +466,8 @@ def prepare(cfg: BenchConfig) -> None:
                          f"{cfg.base_batch}, {cfg.warmup}.")
     if cfg.device == "cpu" and cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if cfg.device == "cpu" and (cfg.reuse_cpu_memory or kernels.freed_cpu_memory_reused()):
+        kernels.reuse_freed_cpu_memory(cfg.reuse_cpu_memory)
 
 
 def bench_inputs(cfg: BenchConfig, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:

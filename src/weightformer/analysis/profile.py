@@ -53,7 +53,18 @@ from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
 
 from ..layers import DynamicDWConv2d
 from ..layers.dynamic_linear import PREDICTOR_RANGE
-from .bench import DEIT_OF, DIT_OF, BenchConfig, _build, _make_dit_step, _make_step, bench_inputs, prepare
+from .bench import (
+    DEIT_OF,
+    DIT_OF,
+    BenchConfig,
+    _build,
+    _make_dit_step,
+    _make_step,
+    bench_inputs,
+    environment,
+    load_average,
+    prepare,
+)
 from .summary import format_table
 
 __all__ = ["FAMILIES", "ProfileConfig", "run_profile", "format_profile"]
@@ -96,6 +107,8 @@ class ProfileConfig:
         steps: profiled steps per model and mode (alternating the models); times are per step, medians.
         warmup: unprofiled steps per model first.
         threads: torch.set_num_threads (None: leave as is).
+        task: "classification" or "generation".
+        reuse_cpu_memory: keep freed CPU memory for reuse (`kernels.reuse_freed_cpu_memory`), as the bench does.
     """
 
     model: str = "weightformer_tiny"
@@ -106,6 +119,7 @@ class ProfileConfig:
     warmup: int = 1
     threads: int | None = None
     task: str = "classification"
+    reuse_cpu_memory: bool = True
 
 
 def _mark(model: nn.Module) -> list[Any]:
@@ -257,13 +271,14 @@ class _Contestant:
 def run_profile(cfg: ProfileConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Profile WeightFormer and its DeiT; returns a JSON-ready dict (see `format_profile`)."""
     bench = BenchConfig(model=cfg.model, task=cfg.task, resolutions=[cfg.resolution], base_batch=cfg.batch,
-                        threads=cfg.threads, device="cpu")
+                        threads=cfg.threads, device="cpu", reuse_cpu_memory=cfg.reuse_cpu_memory)
     prepare(bench)
     generation = cfg.task == "generation"
     baseline = (DIT_OF if generation else DEIT_OF)[cfg.model]
     images, labels = bench_inputs(bench, cfg.resolution)
     images, labels = images[: cfg.batch], labels[: cfg.batch]
-    results: dict[str, Any] = dict(config=asdict(cfg), deit=baseline, threads=torch.get_num_threads(), modes={})
+    results: dict[str, Any] = dict(config=asdict(cfg), deit=baseline, threads=torch.get_num_threads(), modes={},
+                                   environment=environment("cpu", load_average()))
     for mode in cfg.modes:
         contestants = []
         for name in (cfg.model, baseline):
@@ -291,6 +306,7 @@ def run_profile(cfg: ProfileConfig, log: Callable[[str], None] = print) -> dict[
                 c.profiles.append(_attribute(prof))
         results["modes"][mode] = {c.name: _summarise(c) for c in contestants}
         log(f"profiled {mode}: " + ", ".join(f"{c.name} {statistics.median(c.wall_ms):.0f} ms" for c in contestants))
+    results["environment"] = environment("cpu", results["environment"]["load_average_at_start"])
     return results
 
 

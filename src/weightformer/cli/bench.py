@@ -12,7 +12,7 @@ from pathlib import Path
 from ..analysis.bench import MODES, BenchConfig, format_results, plot_results, run_bench
 from ..analysis.checkpointing import format_checkpointing_results, run_checkpointing_bench
 from ..engine.distributed import resolve_device
-from .options import add_device, add_output
+from .options import add_device, add_output, add_system_malloc
 
 _VARIANTS = {"tiny": "weightformer_tiny", "small": "weightformer_small",
              "tiny_normalized": "weightformer_tiny_normalized", "small_normalized": "weightformer_small_normalized"}
@@ -64,6 +64,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "generation on CPU, 20 on CUDA)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per contestant (default 2)")
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    add_system_malloc(parser)
     add_output(parser, "output prefix: writes PREFIX.json and PREFIX.png", default="bench", metavar="PREFIX")
     parser.add_argument(
         "--grad-checkpointing", action="store_true",
@@ -121,6 +122,7 @@ def _config(args: argparse.Namespace) -> BenchConfig:
         warmup=args.warmup,
         device=device,
         threads=args.threads,
+        reuse_cpu_memory=not args.system_malloc,
     )
 
 

@@ -32,6 +32,15 @@ def add_device(parser: argparse.ArgumentParser, default: str = "auto") -> None:
                         help=f"where the model runs; auto: CUDA when available (default: {default})")
 
 
+def add_system_malloc(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--system-malloc", action="store_true",
+        help="CPU: leave the C library's malloc at its defaults; by default freed memory stays in the process "
+        "for reuse (weightformer.kernels.reuse_freed_cpu_memory), so large activations are not page-faulted in "
+        "afresh every step",
+    )
+
+
 def add_ema(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True,
                         help="a training checkpoint's EMA weights, when the run kept them (default); --no-ema: the "

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..analysis.profile import ProfileConfig, format_profile, run_profile
 from .bench import _DIT_VARIANTS, _VARIANTS
-from .options import add_output
+from .options import add_output, add_system_malloc
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -37,6 +37,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--steps", type=int, default=2, help="profiled steps per model and mode (default 2)")
     parser.add_argument("--warmup", type=int, default=1, help="unprofiled steps per model first (default 1)")
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    add_system_malloc(parser)
     add_output(parser, "writes PATH.json", default="profile", metavar="PREFIX")
     parser.set_defaults(func=run)
 
@@ -52,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
     if args.steps < 1 or args.warmup < 0 or batch < 1:
         raise ValueError("--steps and --batch must be at least 1 and --warmup at least 0.")
     cfg = ProfileConfig(model=variants[name], task=args.task, resolution=resolution, batch=batch,
-                        modes=tuple(args.modes), steps=args.steps, warmup=args.warmup, threads=args.threads)
+                        modes=tuple(args.modes), steps=args.steps, warmup=args.warmup, threads=args.threads,
+                        reuse_cpu_memory=not args.system_malloc)
     path = Path(args.output).with_name(Path(args.output).name + ".json")
     path.parent.mkdir(parents=True, exist_ok=True)
     results = run_profile(cfg, log=lambda line: print(line, file=sys.stderr))

@@ -37,6 +37,7 @@ import yaml
 from timm.utils import ModelEmaV3, dispatch_clip_grad
 from torch.nn.parallel import DistributedDataParallel
 
+from .. import kernels
 from ..models import set_grad_checkpointing
 from .config import EngineConfig
 from .data import Collated, EpochSampler, StreamDataset, make_loader, warn_skipped
@@ -167,6 +168,8 @@ class Engine:
             # every small kernel down many times over, so by default the workers get their cores first.
             cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
             torch.set_num_threads(cfg.threads or max(1, cores // d.world_size - cfg.workers))
+            if cfg.reuse_cpu_memory:
+                kernels.reuse_freed_cpu_memory()
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False

@@ -17,6 +17,10 @@ the fast path computes the same function (tests hold it to the reference) with f
   with the bias in its epilogue, in training the forward product and the input gradient (the weight gradient
   on torch.matmul), where torch.matmul would call MKL.
 
+Not a kernel but the same purpose: `reuse_freed_cpu_memory()` (`allocator`) keeps freed CPU memory in the process
+(glibc's malloc), so large activations are not page-faulted in afresh every step; `weightformer bench`, `profile`
+and CPU training turn it on.
+
 Switch to the reference path with `use_reference()` (a context manager, or `use_reference(True)` globally) or
 the environment variable WEIGHTFORMER_REFERENCE=1; `weightformer bench` runs both side by side. The reference
 path also runs by itself while a tool traces or watches the model (torch.jit.trace, torch.fx, torch.export,
@@ -37,6 +41,7 @@ except ImportError:
     except ImportError:  # no way to tell
         _is_fx_tracing = None
 
+from .allocator import freed_cpu_memory_reused, reuse_freed_cpu_memory
 from .dwconv import depthwise_conv_torch
 from .dynamic_linear import (
     apply_dynamic_weight,
@@ -88,6 +93,8 @@ __all__ = [
     "matmul",
     "linear_gelu_inference",
     "linear_add_inference",
+    "reuse_freed_cpu_memory",
+    "freed_cpu_memory_reused",
 ]
 
 
