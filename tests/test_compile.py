@@ -42,6 +42,42 @@ def test_compiled_output_predictors_give_the_eager_outputs_and_gradients(linear_
         torch.testing.assert_close(g, g_eager, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("mode", ["train", "inference"])
+def test_compiled_cpu_linear_layers_run_on_the_onednn_custom_ops_and_give_the_reference(mode, monkeypatch):
+    from weightformer import kernels
+    from weightformer.kernels import mlp
+
+    calls = []  # the custom ops' kernels run at run time and call these
+    gemm, weight_grad = mlp._onednn_gemm, mlp._onednn_weight_grad
+    monkeypatch.setattr(mlp, "_onednn_gemm", lambda *a: calls.append("gemm") or gemm(*a))
+    monkeypatch.setattr(mlp, "_onednn_weight_grad", lambda *a: calls.append("weight grad") or weight_grad(*a))
+    torch.manual_seed(0)
+    model = weightformer.create_model("weightformer_tiny", num_classes=9, embed_dim=16, depth=3, patch_size=4,
+                                      img_size=20, drop_path_rate=0.0).train(mode == "train")
+    params = [p for p in model.parameters() if p.requires_grad]
+    # fc1 and fc2 of each static block; fc2, W0 and the rank-C/4 products x W1^T and rows x Gram of the dynamic one
+    products = 2 * (3 - len(model.dynamic_indices)) + 4 * len(model.dynamic_indices)
+    images = torch.randn(2, 3, 20, 28)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    with kernels.use_reference():
+        reference = model(images)
+    if mode == "inference":
+        with torch.inference_mode():
+            out = compiled(images)
+        torch.testing.assert_close(out, reference, rtol=1e-4, atol=1e-5)
+        assert calls.count("gemm") == products
+        return
+    out = compiled(images)
+    grads = torch.autograd.grad(out.square().sum(), params)
+    reference_grads = torch.autograd.grad(reference.square().sum(), params)
+    torch.testing.assert_close(out, reference, rtol=1e-4, atol=1e-5)
+    for g, r in zip(grads, reference_grads, strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4 * (r.abs().max().item() + 1))
+    assert calls.count("gemm") == 2 * products  # a forward and an input-gradient GEMM each
+    assert calls.count("weight grad") == products
+
+
 def _losses(run_dir):
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [r["loss"] for r in records if r["kind"] == "train"]

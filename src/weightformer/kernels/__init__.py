@@ -14,8 +14,8 @@ the fast path computes the same function (tests hold it to the reference) with f
   bias and GELU and fc2's bias and the block's residual add in their epilogues (`mlp_inference_fusable`), the GELU
   in place after a dynamic fc1 (`hidden_inference`);
 - on fp32 CPU tensors in eager mode, linear layers on oneDNN's GEMMs (`linear`, `matmul`): in inference one GEMM
-  with the bias in its epilogue, in training the forward product and the input gradient (the weight gradient
-  on torch.matmul), where torch.matmul would call MKL.
+  with the bias in its epilogue, in training the forward product, the input gradient and the weight gradient,
+  where torch.matmul would call MKL.
 
 Not a kernel but the same purpose: `reuse_freed_cpu_memory()` (`allocator`) keeps freed CPU memory in the process
 (glibc's malloc), so large activations are not page-faulted in afresh every step; `weightformer bench`, `profile`

@@ -19,12 +19,12 @@ on CPU (1 thread, CPU time, 3136 tokens, fp32): 12.6 vs 23.7 ms per MLP at width
 the outputs agree to fp32 rounding (relative 1e-6). Dynamic blocks fuse fc2 and the residual only (their fc1's
 weight differs per sample).
 
-Training on CPU in fp32 (`linear`, `onednn_training`): the forward product x W^T and the input gradient
-grad W run as oneDNN GEMMs too, the weight gradient grad^T x on torch.matmul. On the idle AMD EPYC of
-benchmarks/RESULTS.md (`python benchmarks/gemm_libraries.py`, one thread, the classifier's MLP shapes at 224²)
-torch.matmul (MKL) runs all three at 45-51 GMAC/s, oneDNN the first two at 104-115 and grad^T x, its operands
-copied transposed, at 69-87 (two runs): the weight gradient would gain too and is the next product to move.
-Same function, different rounding (relative ~1e-6).
+Training on CPU in fp32 (`linear`, `onednn_training`): all three products of a linear layer run on oneDNN, the
+forward product x W^T and the input gradient grad W as its GEMMs, the weight gradient grad^T x (with the bias
+gradient) as its inner-product backward (`_onednn_weight_grad`). On the idle AMD EPYC of benchmarks/RESULTS.md
+(`python benchmarks/gemm_libraries.py`, one thread, the classifier's MLP shapes at 224²) torch.matmul (MKL) runs
+all three at 50-53 GMAC/s, oneDNN at 108-120 (forward, input gradient) and 89-102 (weight gradient). Same
+function, different rounding (relative ~1e-6).
 """
 
 from __future__ import annotations
@@ -118,7 +118,11 @@ class _GeluLinear(torch.autograd.Function):
 
 
 def _has_onednn_linear() -> bool:
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    return _ONEDNN_LINEAR
+
+
+# Once, at import: torch.compile's tracer would not step into torch.backends.mkldnn.is_available (a graph break).
+_ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
 def _onednn_products(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -143,6 +147,8 @@ def gelu_linear(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     """
     if not (torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)):
         return F.linear(F.gelu(hidden), weight, bias)
+    if onednn_compiled(hidden, weight):  # inductor decides what to recompute; the GEMMs on oneDNN
+        return linear(F.gelu(hidden), weight, bias)
     return _GeluLinear.apply(hidden, weight, bias)
 
 
@@ -207,19 +213,93 @@ class _OneDNNLinear(torch.autograd.Function):
         return grad_x, grad_weight, grad_bias
 
 
+# Under torch.compile the same oneDNN products run as custom ops, opaque to inductor (it calls them as extern
+# kernels, as it calls MKL's for F.linear) and fused with nothing: the elementwise work around them is inductor's.
+@torch.library.custom_op(
+    "weightformer::onednn_linear", mutates_args=(), device_types="cpu",
+    schema="(Tensor x, Tensor weight, Tensor? bias) -> Tensor",
+)
+def _onednn_linear_op(x, weight, bias):
+    return _onednn_gemm(x, weight, bias)
+
+
+@_onednn_linear_op.register_fake
+def _(x, weight, bias):
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
+@torch.library.custom_op(
+    "weightformer::onednn_linear_backward", mutates_args=(), device_types="cpu",
+    schema="(Tensor grad, Tensor x, Tensor weight, bool input_grad, bool weight_grad, bool bias_grad) "
+    "-> (Tensor, Tensor, Tensor)",
+)
+def _onednn_linear_backward_op(grad, x, weight, input_grad, weight_grad, bias_grad):
+    """(grad_x, grad_weight, grad_bias), each empty where not asked for."""
+    flat_grad = grad.reshape(-1, grad.shape[-1])
+    grad_x = _onednn_gemm(grad, weight.t(), None) if input_grad else grad.new_empty(0)
+    grad_weight, grad_bias = grad.new_empty(0), grad.new_empty(0)
+    if weight_grad:
+        grad_weight, grad_b = _onednn_weight_grad(flat_grad, x.reshape(-1, x.shape[-1]), weight, bias_grad)
+        grad_bias = grad_b if bias_grad else grad_bias
+    elif bias_grad:
+        grad_bias = flat_grad.sum(0)
+    return grad_x, grad_weight, grad_bias
+
+
+@_onednn_linear_backward_op.register_fake
+def _(grad, x, weight, input_grad, weight_grad, bias_grad):
+    empty = grad.new_empty(0)
+    return (x.new_empty(x.shape) if input_grad else empty, weight.new_empty(weight.shape) if weight_grad else empty,
+            grad.new_empty(grad.shape[-1]) if bias_grad else empty)
+
+
+def _onednn_linear_setup(ctx, inputs, output):
+    x, weight, bias = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.has_bias = bias is not None
+
+
+def _onednn_linear_backward(ctx, grad):
+    x, weight = ctx.saved_tensors
+    wants_x, wants_weight, wants_bias = ctx.needs_input_grad
+    grads = torch.ops.weightformer.onednn_linear_backward(
+        grad, x, weight, wants_x, wants_weight, ctx.has_bias and wants_bias
+    )
+    return tuple(g if wanted else None for g, wanted in zip(grads, (wants_x, wants_weight, ctx.has_bias and wants_bias)))
+
+
+_onednn_linear_op.register_autograd(_onednn_linear_backward, setup_context=_onednn_linear_setup)
+
+
+def onednn_compiled(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether x W^T is being compiled (torch.compile) for fp32 CPU tensors outside autocast: then it runs as the
+    custom op weightformer::onednn_linear (oneDNN's GEMMs, its backward too) instead of F.linear (MKL)."""
+    return (
+        torch.compiler.is_compiling()
+        and not torch.compiler.is_exporting()
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and not torch.is_autocast_enabled("cpu")
+        and _has_onednn_linear()
+    )
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """F.linear(x, weight, bias), on oneDNN's GEMMs where that is unobservable up to float rounding.
 
     x: (..., C), weight: (D, C), bias: (D,) or None -> (..., D). CPU fp32 inference: `linear_inference`;
-    training (`onednn_training`): the forward product and the input gradient on oneDNN, the weight gradient on
-    torch.matmul. Anything else (CUDA, autocast, float64, torch.compile): F.linear. On the AMD EPYC of
-    benchmarks/RESULTS.md, one thread, oneDNN runs the classifier's (3136 x 384) x (384 x 1536) products about
-    2.2x faster than torch.matmul (MKL) does (`benchmarks/gemm_libraries.py`).
+    training (`onednn_training`): the forward product, the input gradient and the weight and bias gradients on
+    oneDNN. Anything else (CUDA, autocast, float64, torch.compile): F.linear. On the AMD EPYC of
+    benchmarks/RESULTS.md, one thread, oneDNN runs the classifier's (3136 x 384) x (384 x 1536) products
+    1.9-2.3x faster than torch.matmul (MKL) does (`benchmarks/gemm_libraries.py`).
     """
     if onednn_inference(x, weight):
         return linear_inference(x, weight, bias)
     if onednn_training(x, weight):
         return _OneDNNLinear.apply(x, weight, bias)
+    if onednn_compiled(x, weight):
+        return torch.ops.weightformer.onednn_linear(x, weight, bias)
     return F.linear(x, weight, bias)
 
 
@@ -263,9 +343,9 @@ def linear_inference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
 
 def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a @ b for a: (..., K) and a 2-D b: (K, M); on oneDNN GEMMs (b read as a linear layer's weight b^T) where
-    `linear` would use them, in inference and in training, else torch.matmul. On the AMD EPYC of
+    `linear` would use them, in inference and in training, eager or compiled, else torch.matmul. On the AMD EPYC of
     benchmarks/PROFILE.md oneDNN runs the dynamic linear layer's rank-C/4 products about 2x faster than MKL."""
-    if b.ndim == 2 and _onednn_products(a, b):  # `linear` then picks its inference or training form
+    if b.ndim == 2 and (_onednn_products(a, b) or onednn_compiled(a, b)):  # `linear` picks eager or compiled form
         return linear(a, b.t(), None)
     return a @ b
 
