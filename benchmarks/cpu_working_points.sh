@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 20's working points on an idle CPU, one command after the other (2 threads; ~30 min on a 2-core AMD EPYC):
 #   bash benchmarks/cpu_working_points.sh [OUTDIR]      (default OUTDIR: benchmarks)
-#   ONLY="cls dit" picks parts: cls (classifier, eager), cls-onednn (DeiT on oneDNN too), normalized (the
+#   ONLY="cls dit" picks parts: cls (classifier, eager), cls-onednn (DeiT on oneDNN too), compiled and
+#   compiled-onednn (the same, torch.compile against torch.compile), normalized (the
 #   *_normalized variants), dit (WeightFormer-DiT-S/2 at latent 32 and 64, B/2 at 32, batch 32), dit128
 #   (S/2 guided sampling at latent 128, batch 32; not in the default set: ~15 min; its training step at batch 32
 #   needs more memory than 24 GiB).
@@ -13,7 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-benchmarks}"
-only="${ONLY:-cls cls-onednn normalized dit}"
+only="${ONLY:-cls cls-onednn compiled compiled-onednn normalized dit}"
 mkdir -p "$out"
 log="$out/cpu_working_points.txt"
 : > "$log"
@@ -33,12 +34,19 @@ for part in $only; do
     normalized)
       bench cpu_tiny_normalized --model tiny_normalized --modes inference train --resolutions 224 896 --rounds 6
       bench cpu_small_normalized --model small_normalized --modes inference train --resolutions 224 --rounds 6 ;;
+    compiled)  # torch.compile against torch.compile (inductor), timm's DeiT as it is
+      bench cpu_tiny_compiled --model tiny --modes inference train --compile on --resolutions 224 --rounds 6
+      bench cpu_small_compiled --model small --modes inference train --compile on --resolutions 224 --rounds 6
+      bench cpu_tiny_compiled_896 --model tiny --modes inference --compile on --resolutions 896 --rounds 6 ;;
+    compiled-onednn)  # compiled, DeiT's linear layers on the same oneDNN custom ops
+      bench cpu_tiny_compiled_baseline_onednn --model tiny --modes inference train --compile on --resolutions 224 --rounds 6 --baseline-onednn
+      bench cpu_small_compiled_baseline_onednn --model small --modes inference train --compile on --resolutions 224 --rounds 6 --baseline-onednn ;;
     dit)  # DiT's working point: 32 latents per step at every latent size
       bench cpu_dit_small_32_b32 --task generation --model small --resolutions 32 --base-batch 32 --rounds 3
       bench cpu_dit_base_32_b32 --task generation --model base --resolutions 32 --base-batch 32 --rounds 2 --warmup 1
       bench cpu_dit_small_64_b32 --task generation --model small --resolutions 64 --base-batch 32 --rounds 2 --warmup 1 ;;
     dit128)
       bench cpu_dit_small_128_b32 --task generation --model small --resolutions 128 --base-batch 32 --modes inference --rounds 1 --warmup 1 ;;
-    *) echo "unknown part $part (cls cls-onednn normalized dit dit128)" >&2; exit 2 ;;
+    *) echo "unknown part $part (cls cls-onednn compiled compiled-onednn normalized dit dit128)" >&2; exit 2 ;;
   esac
 done

@@ -36,6 +36,29 @@ def test_dynamic_linear_factored_and_formed_updates_equal_reference(grid, factor
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4 * (r.abs().max().item() + 1))
 
 
+# (Np, C_r, D_r, D): the rows through the D_r x C_r sum; through v W2 with the row norms through the Np x Np kernel
+# u G u^T (Np < C_r); through v W2 with the norms through rows x G (Np >= C_r).
+@pytest.mark.parametrize("num_pooled,in_rank,out_rank,out_features", [(40, 3, 5, 20), (3, 7, 9, 11), (5, 3, 40, 6)])
+def test_low_rank_bounded_update_equals_the_formed_bounded_update_in_float64(
+    num_pooled, in_rank, out_rank, out_features
+):
+    gen = torch.Generator().manual_seed(num_pooled)
+    in_features, scale = 13, 0.7
+    u, v, w1, w2 = (torch.randn(*shape, generator=gen, dtype=torch.float64, requires_grad=True)
+                    for shape in ((2, num_pooled, in_rank), (2, num_pooled, out_rank), (in_rank, in_features),
+                                  (out_rank, out_features)))
+    rows = kernels.low_rank_bounded_update(u, v, w1, w2, scale)
+    update = rows @ w1  # (B, D, C)
+    formed = scale * torch.einsum("rd,bpr,bpc,ck->bdk", w2, v, u, w1)  # W2^T (v^T u) W1, straight
+    reference = formed / (torch.linalg.vector_norm(formed, dim=-1, keepdim=True) + 1.0)
+    torch.testing.assert_close(update, reference, rtol=1e-10, atol=1e-12)
+    upstream = torch.randn(update.shape, generator=gen, dtype=torch.float64)
+    grads = torch.autograd.grad((update * upstream).sum(), (u, v, w1, w2))
+    reference_grads = torch.autograd.grad((reference * upstream).sum(), (u, v, w1, w2))
+    for g, r in zip(grads, reference_grads, strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-9, atol=1e-11)
+
+
 def test_factored_update_has_finite_gradients_for_a_zero_update():
     layer = DynamicLinear(8, 16)
     with torch.no_grad():
