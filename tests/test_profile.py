@@ -26,6 +26,11 @@ def test_profile_attributes_weightformer_and_deit_ops_to_their_families(results)
         for family in ("depthwise conv (static)", "depthwise conv (dynamic)", "layer norm", "GEMM"):
             assert wf["families"][family]["gmacs"] > 0, family
     assert results["modes"]["train"]["weightformer_tiny"]["families"]["optimizer"]["ms"] > 0
+    # A training step's GEMMs: the forward products, the input gradients and the weight gradients (oneDNN's
+    # mkldnn_linear_backward_weights for WeightFormer's, MKL's mm for timm's DeiT): 3x the forward's MACs.
+    for name in ("weightformer_tiny", "deit_tiny_patch16_224"):
+        gemm = [results["modes"][mode][name]["families"]["GEMM"]["gmacs"] for mode in ("inference", "train")]
+        assert gemm[1] == pytest.approx(3 * gemm[0], rel=0.05), name
     assert "GEMM" in format_profile(results)
 
 

@@ -7,7 +7,8 @@ With task "generation" the two are WeightFormer-DiT and the attention DiT of the
 the bench's guided sampling step and diffusion training step on latents.
 
     GEMM                     linear / addmm / mm / bmm / baddbmm (MKL) and oneDNN's linear with fused epilogues
-                             (mkldnn::_linear_pointwise), outside the dynamic predictors
+                             (mkldnn::_linear_pointwise) and weight gradient (mkldnn_linear_backward_weights, with
+                             the to_mkldnn copies of its operands), outside the dynamic predictors
     depthwise conv (static)  the 3x3 token mixer of static blocks (forward and backward)
     depthwise conv (dynamic) the per-sample 3x3 conv of dynamic blocks (its kernel predictor excluded)
     patch embedding conv     the stem conv (16x16 stride 16; DiT's 2x2 stride 2): any conv that is not depthwise
@@ -83,8 +84,10 @@ FAMILIES = (
     "other",
 )
 _PREDICTOR, _DYNAMIC_CONV = PREDICTOR_RANGE, "weightformer::dynamic_conv"
+# mkldnn_linear_backward_weights: oneDNN's weight (and bias) gradient of a linear layer, with the to_mkldnn
+# copies of its operands (`kernels.mlp._onednn_weight_grad`).
 _GEMMS = {"linear", "addmm", "mm", "bmm", "baddbmm", "matmul", "einsum", "_addmm_activation", "addmm_",
-          "baddbmm_", "_linear_pointwise"}
+          "baddbmm_", "_linear_pointwise", "mkldnn_linear_backward_weights", "to_mkldnn"}
 _CONVS = {"conv2d", "convolution", "_convolution", "mkldnn_convolution", "convolution_backward"}
 _NORMS = {"layer_norm", "native_layer_norm", "native_layer_norm_backward"}
 _REDUCTIONS = {"mean", "sum", "amax", "avg_pool2d", "adaptive_avg_pool2d", "_adaptive_avg_pool2d",
@@ -158,6 +161,8 @@ def _macs(name: str, shapes: list[Any], concrete: list[Any]) -> int:
             x = shapes[0]
             weight = next(s for s in shapes[1:] if len(s) == 2 and s[1] == x[-1])
             return prod(x[:-1]) * weight[0] * weight[1]
+        if name == "mkldnn_linear_backward_weights":  # (grad (N, D), x (N, C), weight (D, C), bias_defined)
+            return prod(shapes[0]) * shapes[1][-1]
         if name in ("mm", "addmm", "addmm_", "_addmm_activation"):
             a, b = shapes[-2:] if name == "mm" else shapes[1:3]
             return a[0] * a[1] * b[1]
