@@ -26,10 +26,13 @@ _SCRIPT = textwrap.dedent(
     assert reuse_freed_cpu_memory() and freed_cpu_memory_reused()
     faults_of_churn()  # the heap grows once
     reused = faults_of_churn()
+    from weightformer.kernels import release_freed_cpu_memory
+    assert release_freed_cpu_memory()  # the free heap goes back to the OS: the next churn faults its pages in again
+    released = faults_of_churn(16 << 20) - faults_of_churn(16 << 20)  # the first after release, less the second
     assert reuse_freed_cpu_memory(False) and not freed_cpu_memory_reused()
     # Blocks the heap holds stay there; a larger one than it holds is mapped afresh each time again.
     restored = faults_of_churn(64 << 20) // 4
-    print(default, reused, restored)
+    print(default, reused, released, restored)
     """
 )
 
@@ -38,8 +41,9 @@ _SCRIPT = textwrap.dedent(
 def test_reused_memory_takes_no_page_faults_and_the_defaults_come_back():
     # In a subprocess: the setting is process-wide.
     out = subprocess.run([sys.executable, "-c", _SCRIPT], capture_output=True, text=True, check=True).stdout
-    default, reused, restored = map(int, out.split()[-3:])
+    default, reused, released, restored = map(int, out.split()[-4:])
     pages = 5 * (64 << 20) // 4096  # 81,920 pages of 4 KiB written per churn
     assert default > pages // 2  # glibc maps each 64 MiB block afresh: a fault per page (fewer with huge pages)
     assert reused < pages // 100
+    assert released > (64 << 20) // 4096 // 2  # at least the first 64 MiB block faulted in anew
     assert restored > pages // 2

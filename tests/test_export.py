@@ -80,8 +80,8 @@ def test_cli_exports_a_release_checkpoint_with_its_class_count(tmp_path, capsys)
     assert str(out) in capsys.readouterr().out
     model = create_model("weightformer_tiny", num_classes=10, checkpoint_path=checkpoint).eval()
     images = _images(2, 96, 128)
-    with torch.no_grad():
-        torch.testing.assert_close(torch.jit.load(str(out))(images), model(images), rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # the eager fast path against TorchScript's reference path: fp32 rounding over 17 blocks
+        torch.testing.assert_close(torch.jit.load(str(out))(images), model(images), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize(

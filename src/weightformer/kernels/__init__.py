@@ -41,7 +41,7 @@ except ImportError:
     except ImportError:  # no way to tell
         _is_fx_tracing = None
 
-from .allocator import freed_cpu_memory_reused, reuse_freed_cpu_memory
+from .allocator import freed_cpu_memory_reused, release_freed_cpu_memory, reuse_freed_cpu_memory
 from .dwconv import depthwise_conv_torch
 from .dynamic_linear import (
     apply_dynamic_weight,
@@ -95,6 +95,7 @@ __all__ = [
     "linear_add_inference",
     "reuse_freed_cpu_memory",
     "freed_cpu_memory_reused",
+    "release_freed_cpu_memory",
 ]
 
 

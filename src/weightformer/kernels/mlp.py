@@ -261,11 +261,9 @@ def _onednn_linear_setup(ctx, inputs, output):
 
 def _onednn_linear_backward(ctx, grad):
     x, weight = ctx.saved_tensors
-    wants_x, wants_weight, wants_bias = ctx.needs_input_grad
-    grads = torch.ops.weightformer.onednn_linear_backward(
-        grad, x, weight, wants_x, wants_weight, ctx.has_bias and wants_bias
-    )
-    return tuple(g if wanted else None for g, wanted in zip(grads, (wants_x, wants_weight, ctx.has_bias and wants_bias)))
+    wanted = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2])
+    grads = torch.ops.weightformer.onednn_linear_backward(grad, x, weight, *wanted)
+    return tuple(g if want else None for g, want in zip(grads, wanted, strict=True))
 
 
 _onednn_linear_op.register_autograd(_onednn_linear_backward, setup_context=_onednn_linear_setup)

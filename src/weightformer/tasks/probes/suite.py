@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from ... import kernels
 from ...analysis.bench import environment, load_average
 from .data import PROBE_TASKS, Knobs, static_receptive_field
 from .models import DEFAULT_SIZES, build_probe_model
@@ -94,8 +95,9 @@ class PeakMemory:
     """Peak memory of the code inside the block, in MiB.
 
     CUDA: torch.cuda.max_memory_allocated (tensors). CPU: the largest resident set size (RSS, /proc/self/statm)
-    sampled every 10 ms, minus the RSS on entry; memory the allocator keeps from an earlier run in the same
-    process is not counted again, so runs in one process can read low. None where /proc is missing.
+    sampled every 10 ms, minus the RSS on entry, after handing the memory malloc holds free back to the OS
+    (`kernels.release_freed_cpu_memory`), so that runs in one process do not reuse each other's pages. None where
+    /proc is missing.
     """
 
     def __init__(self, device: str) -> None:
@@ -122,6 +124,9 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats()
             self._base = torch.cuda.memory_allocated()
             return self
+        # Memory malloc kept from earlier work (all of it where `kernels.reuse_freed_cpu_memory` is on, as in
+        # CPU training) goes back to the OS first, so that this block's allocations show as RSS growth.
+        kernels.release_freed_cpu_memory()
         self._base = self._rss()
         self._peak = self._base or 0
         self._stop = threading.Event()
