@@ -13,9 +13,9 @@ the fast path computes the same function (tests hold it to the reference) with f
   nothing could observe the difference (`gelu_linear_fusable`); in CPU inference, oneDNN GEMMs with fc1's
   bias and GELU and fc2's bias and the block's residual add in their epilogues (`mlp_inference_fusable`), the GELU
   in place after a dynamic fc1 (`hidden_inference`);
-- on fp32 CPU tensors in eager mode, linear layers on oneDNN's GEMMs (`linear`, `matmul`): in inference one GEMM
-  with the bias in its epilogue, in training the forward product, the input gradient and the weight gradient,
-  where torch.matmul would call MKL.
+- on fp32 CPU tensors, linear layers on oneDNN's GEMMs (`linear`, `matmul`): in inference one GEMM with the bias
+  in its epilogue, in training the forward product, the input gradient and the weight gradient, where
+  torch.matmul would call MKL; under torch.compile the same as custom ops (`weightformer::onednn_linear`).
 
 Not a kernel but the same purpose: `reuse_freed_cpu_memory()` (`allocator`) keeps freed CPU memory in the process
 (glibc's malloc), so large activations are not page-faulted in afresh every step; `weightformer bench`, `profile`

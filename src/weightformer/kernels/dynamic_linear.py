@@ -96,16 +96,15 @@ def low_rank_bounded_update(
     gram = input_basis @ input_basis.t()  # (C_r, C_r)
     # rows = W2^T v^T u (B, D, C_r), in the cheaper order: through the D_r x C_r sum, or through v W2 (Np x D).
     sum_first = (num_pooled + out_features) * out_rank * in_rank
+    squared = None
     if sum_first <= num_pooled * (out_rank + in_rank) * out_features:
         rows = output_basis.t() @ (v.transpose(1, 2) @ u)  # dW = scale * rows @ W1
-        squared = None
     else:  # few pooled tokens, wide rank (WeightFormer-S at 224: Np = 49, D_r = 384; DiT-S/2 at 32: Np = 64)
         expanded = matmul(v, output_basis)  # (B, Np, D): v W2
         rows = expanded.transpose(1, 2) @ u
         # ||rows_d W1||^2 = e_d^T (u G u^T) e_d for column d of e = v W2: through the (Np x Np) kernel u G u^T
         # when that is cheaper than rows x G (fewer pooled tokens than C_r; WeightFormer-DiT-B/2 at latent 32:
-        # 64 against 192, a third of the MACs and no (B, D, C_r) intermediate).
-        squared = None
+        # 64 against 192, a third of the MACs and no (B, D, C_r) map of rows x G).
         if num_pooled * num_pooled < in_rank * in_rank:
             kernel = u @ matmul(u, gram).transpose(1, 2)  # (B, Np, Np)
             squared = ((kernel @ expanded) * expanded).sum(dim=1).unsqueeze(-1)  # (B, D, 1)

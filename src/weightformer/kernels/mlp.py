@@ -288,7 +288,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
 
     x: (..., C), weight: (D, C), bias: (D,) or None -> (..., D). CPU fp32 inference: `linear_inference`;
     training (`onednn_training`): the forward product, the input gradient and the weight and bias gradients on
-    oneDNN. Anything else (CUDA, autocast, float64, torch.compile): F.linear. On the AMD EPYC of
+    oneDNN; under torch.compile (`onednn_compiled`) the custom op weightformer::onednn_linear, the same products.
+    Anything else (CUDA, autocast, float64): F.linear. On the AMD EPYC of
     benchmarks/RESULTS.md, one thread, oneDNN runs the classifier's (3136 x 384) x (384 x 1536) products
     1.9-2.3x faster than torch.matmul (MKL) does (`benchmarks/gemm_libraries.py`).
     """
