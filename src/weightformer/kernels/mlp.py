@@ -127,7 +127,7 @@ _ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkld
 
 def _onednn_products(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether x W^T may be a oneDNN GEMM as far as the operands go: fp32 CPU tensors, outside autocast, eager mode
-    (torch.compile picks its own kernels), no functorch transform (torch.func) active."""
+    (under torch.compile `onednn_compiled` decides), no functorch transform (torch.func) active."""
     return (
         x.device.type == "cpu"
         and x.dtype == torch.float32
