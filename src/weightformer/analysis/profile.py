@@ -282,8 +282,8 @@ def run_profile(cfg: ProfileConfig, log: Callable[[str], None] = print) -> dict[
     baseline = (DIT_OF if generation else DEIT_OF)[cfg.model]
     images, labels = bench_inputs(bench, cfg.resolution)
     images, labels = images[: cfg.batch], labels[: cfg.batch]
-    results: dict[str, Any] = dict(config=asdict(cfg), deit=baseline, threads=torch.get_num_threads(), modes={},
-                                   environment=environment("cpu", load_average()))
+    load_at_start = load_average()
+    results: dict[str, Any] = dict(config=asdict(cfg), deit=baseline, threads=torch.get_num_threads(), modes={})
     for mode in cfg.modes:
         contestants = []
         for name in (cfg.model, baseline):
@@ -311,7 +311,7 @@ def run_profile(cfg: ProfileConfig, log: Callable[[str], None] = print) -> dict[
                 c.profiles.append(_attribute(prof))
         results["modes"][mode] = {c.name: _summarise(c) for c in contestants}
         log(f"profiled {mode}: " + ", ".join(f"{c.name} {statistics.median(c.wall_ms):.0f} ms" for c in contestants))
-    results["environment"] = environment("cpu", results["environment"]["load_average_at_start"])
+    results["environment"] = environment("cpu", load_at_start)
     return results
 
 

@@ -117,10 +117,6 @@ class _GeluLinear(torch.autograd.Function):
         return grad_hidden, grad_weight.to(weight.dtype), grad_bias
 
 
-def _has_onednn_linear() -> bool:
-    return _ONEDNN_LINEAR
-
-
 # Once, at import: torch.compile's tracer would not step into torch.backends.mkldnn.is_available (a graph break).
 _ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
@@ -135,7 +131,7 @@ def _onednn_products(x: torch.Tensor, weight: torch.Tensor) -> bool:
         and not torch.is_autocast_enabled("cpu")
         and not torch.compiler.is_compiling()
         and not torch._C._are_functorch_transforms_active()
-        and _has_onednn_linear()
+        and _ONEDNN_LINEAR
     )
 
 
@@ -195,22 +191,31 @@ class _OneDNNLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         x, weight = ctx.saved_tensors
-        grad_x = grad_weight = grad_bias = None
+        wanted = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2])
+        if not torch.is_grad_enabled():
+            return _onednn_linear_grads(grad_out, x, weight, *wanted)
+        # create_graph=True: differentiable torch ops
         flat_grad = grad_out.reshape(-1, grad_out.shape[-1])  # (N, D)
-        create_graph = torch.is_grad_enabled()
-        if ctx.needs_input_grad[0]:
-            if create_graph:
-                grad_x = grad_out @ weight
-            else:  # (N, D) x (D, C): oneDNN reads W^T as a linear layer's (C, D) weight, copied contiguous (small)
-                grad_x = _onednn_gemm(grad_out, weight.t(), None)
-        wants_bias = ctx.has_bias and ctx.needs_input_grad[2]
-        if ctx.needs_input_grad[1] and not create_graph:  # bias gradient from the same oneDNN call
-            grad_weight, grad_bias = _onednn_weight_grad(flat_grad, x.reshape(-1, x.shape[-1]), weight, wants_bias)
-        elif ctx.needs_input_grad[1]:
-            grad_weight = flat_grad.t() @ x.reshape(-1, x.shape[-1])  # (D, C)
-        if wants_bias and grad_bias is None:
-            grad_bias = flat_grad.sum(0)
+        grad_x = grad_out @ weight if wanted[0] else None
+        grad_weight = flat_grad.t() @ x.reshape(-1, x.shape[-1]) if wanted[1] else None  # (D, C)
+        grad_bias = flat_grad.sum(0) if wanted[2] else None
         return grad_x, grad_weight, grad_bias
+
+
+def _onednn_linear_grads(
+    grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, input_grad: bool, weight_grad: bool, bias_grad: bool
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """The gradients of F.linear(x, weight, bias) that are asked for, on oneDNN, None for the others: grad_x as a
+    GEMM, grad_weight (and grad_bias, from the same call) as the inner-product backward."""
+    flat_grad = grad.reshape(-1, grad.shape[-1])  # (N, D)
+    # (N, D) x (D, C): oneDNN reads W^T as a linear layer's (C, D) weight, copied contiguous (small)
+    grad_x = _onednn_gemm(grad, weight.t(), None) if input_grad else None
+    grad_weight = grad_bias = None
+    if weight_grad:
+        grad_weight, grad_bias = _onednn_weight_grad(flat_grad, x.reshape(-1, x.shape[-1]), weight, bias_grad)
+    elif bias_grad:
+        grad_bias = flat_grad.sum(0)
+    return grad_x, grad_weight, grad_bias
 
 
 # Under torch.compile the same oneDNN products run as custom ops, opaque to inductor (it calls them as extern
@@ -234,16 +239,9 @@ def _(x, weight, bias):
     "-> (Tensor, Tensor, Tensor)",
 )
 def _onednn_linear_backward_op(grad, x, weight, input_grad, weight_grad, bias_grad):
-    """(grad_x, grad_weight, grad_bias), each empty where not asked for."""
-    flat_grad = grad.reshape(-1, grad.shape[-1])
-    grad_x = _onednn_gemm(grad, weight.t(), None) if input_grad else grad.new_empty(0)
-    grad_weight, grad_bias = grad.new_empty(0), grad.new_empty(0)
-    if weight_grad:
-        grad_weight, grad_b = _onednn_weight_grad(flat_grad, x.reshape(-1, x.shape[-1]), weight, bias_grad)
-        grad_bias = grad_b if bias_grad else grad_bias
-    elif bias_grad:
-        grad_bias = flat_grad.sum(0)
-    return grad_x, grad_weight, grad_bias
+    """(grad_x, grad_weight, grad_bias), each empty where not asked for (a custom op returns no None)."""
+    grads = _onednn_linear_grads(grad, x, weight, input_grad, weight_grad, bias_grad)
+    return tuple(grad.new_empty(0) if g is None else g for g in grads)
 
 
 @_onednn_linear_backward_op.register_fake
@@ -279,7 +277,7 @@ def onednn_compiled(x: torch.Tensor, weight: torch.Tensor) -> bool:
         and x.dtype == torch.float32
         and weight.dtype == torch.float32
         and not torch.is_autocast_enabled("cpu")
-        and _has_onednn_linear()
+        and _ONEDNN_LINEAR
     )
 
 
