@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import weightformer
+from fast_path_helpers import assert_matches_reference_path, randomise
 from train_helpers import tiny_config, tiny_dataset
 from weightformer.tasks.classification import train
 
@@ -80,7 +81,7 @@ def test_compiled_cpu_linear_layers_run_on_the_onednn_custom_ops_and_give_the_re
 
 @pytest.mark.parametrize("mixer", ["dwconv", "attention"])
 def test_compiled_dit_training_runs_on_the_onednn_custom_ops_and_gives_the_reference(mixer, monkeypatch):
-    from weightformer import WeightFormerDiT, kernels
+    from weightformer import WeightFormerDiT
     from weightformer.kernels import mlp
 
     calls = []
@@ -89,21 +90,14 @@ def test_compiled_dit_training_runs_on_the_onednn_custom_ops_and_gives_the_refer
     torch.manual_seed(0)
     model = WeightFormerDiT(input_size=6, patch_size=2, hidden_size=32, depth=4, num_classes=5, mixer=mixer,
                             num_heads=2, class_dropout_prob=0.0)
-    with torch.no_grad():  # adaLN-Zero starts at zero: random weights so that every path carries a gradient
-        for p in model.parameters():
-            p.copy_(torch.randn_like(p) * 0.3)
+    randomise(model)  # adaLN-Zero starts at zero: random weights so that every path carries a gradient
     x, t, y = torch.randn(3, 4, 10, 6), torch.tensor([3, 400, 998]), torch.tensor([1, 0, 4])
     params = [p for p in model.parameters() if p.requires_grad]
     torch._dynamo.reset()
     out = torch.compile(model, backend="aot_eager", fullgraph=True)(x, t, y)
     grads = torch.autograd.grad(out.square().sum(), params)
     assert calls  # the weight gradients of the compiled graph's linear layers came from oneDNN
-    with kernels.use_reference():
-        reference = model(x, t, y)
-        reference_grads = torch.autograd.grad(reference.square().sum(), params)
-    torch.testing.assert_close(out, reference, rtol=1e-4, atol=1e-4 * reference.abs().max().item())
-    for g, r in zip(grads, reference_grads, strict=True):
-        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4 * (r.abs().max().item() + 1))
+    assert_matches_reference_path(model, (x, t, y), out, grads, params)
 
 
 def _losses(run_dir):

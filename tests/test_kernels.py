@@ -16,6 +16,7 @@ import pytest
 import timm
 import torch
 
+from fast_path_helpers import randomise
 from reference import depthwise_conv_ref
 from weightformer import kernels
 from weightformer.kernels import depthwise_conv_torch
@@ -27,13 +28,6 @@ TRITON_DEVICE = "cuda" if torch.cuda.is_available() else ("cpu" if INTERPRETING 
 # (B, H, W, C): odd sizes, a grid thinner than the kernel, more pixels and channels than one Triton block.
 CONV_SHAPES = [(3, 7, 5, 67), (1, 13, 11, 9), (2, 1, 9, 5), (5, 9, 15, 130)]
 DTYPES = [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)]
-
-
-def _randomise(module: torch.nn.Module, seed: int = 0) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.3)
 
 
 def _conv_inputs(shape, per_sample: bool, dtype, device="cpu", seed=0):
@@ -88,7 +82,7 @@ def test_torch_depthwise_conv_matches_reference(shape, per_sample, residual, dty
 def test_dynamic_dwconv_fast_equals_reference(predictor, residual):
     torch.manual_seed(0)
     layer = DynamicDWConv2d(13, predictor=predictor)
-    _randomise(layer)
+    randomise(layer)
     x = torch.randn(3, 7, 9, 13, requires_grad=True)
     y_fast = layer(x, residual=residual)
     g_fast = torch.autograd.grad(y_fast.square().sum(), [x, *layer.parameters()])
@@ -106,7 +100,7 @@ def test_dynamic_dwconv_fast_equals_reference(predictor, residual):
 def test_dynamic_linear_fast_equals_reference(grid, predictor, dtype, tol):
     torch.manual_seed(0)
     layer = DynamicLinear(12, 20, predictor=predictor).to(dtype)
-    _randomise(layer)
+    randomise(layer)
     x = torch.randn(3, *grid, 12, dtype=dtype, requires_grad=True)
     params = [x, *layer.parameters()]
     y_fast = layer(x)
@@ -122,7 +116,7 @@ def test_dynamic_linear_fast_equals_reference(grid, predictor, dtype, tol):
 
 def _tiny_model(**kwargs) -> torch.nn.Module:
     model = timm.create_model("weightformer_tiny", embed_dim=48, depth=5, num_classes=11, **kwargs)
-    _randomise(model, seed=3)
+    randomise(model, seed=3)
     return model
 
 

@@ -6,15 +6,9 @@ import pytest
 import timm
 import torch
 
+from fast_path_helpers import assert_matches_reference_path, randomise
 from weightformer import kernels
 from weightformer.layers import DynamicLinear
-
-
-def _randomise(module: torch.nn.Module, seed: int = 0) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.3)
 
 
 @pytest.mark.parametrize("grid,factored", [((3, 9), True), ((12, 11), False)])
@@ -22,7 +16,7 @@ def _randomise(module: torch.nn.Module, seed: int = 0) -> None:
 def test_dynamic_linear_factored_and_formed_updates_equal_reference(grid, factored, predictor):
     torch.manual_seed(0)
     layer = DynamicLinear(12, 20, predictor=predictor)
-    _randomise(layer)
+    randomise(layer)
     x = torch.randn(3, *grid, 12, requires_grad=True)
     assert kernels.low_rank_dynamic_linear_preferred(x, 3, 5, 20) is factored
     params = [x, *layer.parameters()]
@@ -74,7 +68,7 @@ def test_factored_update_is_not_used_in_bf16():
 
 def test_cpu_inference_with_fused_mlps_equals_reference():
     model = timm.create_model("weightformer_tiny", embed_dim=48, depth=5, num_classes=11).eval()
-    _randomise(model, seed=3)
+    randomise(model, seed=3)
     x = torch.randn(2, 3, 64, 80, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         assert model.blocks[0]._mlp_fusable(model.patch_embed(x)) is kernels.mlp_inference_fusable(
@@ -102,7 +96,7 @@ def test_fused_inference_mlp_is_not_used_while_recording_gradients_or_hooked():
 def test_factored_update_through_the_output_basis_first_equals_reference(grid):
     torch.manual_seed(0)
     layer = DynamicLinear(8, 64)
-    _randomise(layer)
+    randomise(layer)
     x = torch.randn(2, *grid, 8, requires_grad=True)
     assert kernels.low_rank_dynamic_linear_preferred(x, 2, 16, 64)
     y_fast = layer(x)
@@ -132,7 +126,7 @@ def test_dit_cpu_inference_on_onednn_gemms_equals_reference_and_steps_aside_when
     monkeypatch.setattr(kernels.mlp, "linear_gelu_inference", counted("linear_gelu", kernels.mlp.linear_gelu_inference))
     model = WeightFormerDiT(input_size=6, patch_size=2, hidden_size=32, depth=4, num_classes=5, mixer=mixer,
                             num_heads=2).eval()
-    _randomise(model, seed=5)
+    randomise(model, seed=5)
     gen = torch.Generator().manual_seed(1)
     x, t, y = torch.randn(3, 4, 10, 6, generator=gen), torch.tensor([1, 500, 999]), torch.tensor([0, 4, 5])
     with torch.inference_mode():
@@ -162,7 +156,7 @@ def test_factored_update_in_cpu_inference_on_onednn_gemms_equals_reference(grid,
     monkeypatch.setattr(kernels.mlp, "linear_inference", lambda *args: calls.append(args) or onednn(*args))
     torch.manual_seed(0)
     layer = DynamicLinear(8, 64 if grid == (2, 2) else 20)
-    _randomise(layer)
+    randomise(layer)
     x = torch.randn(2, *grid, 8)
     assert kernels.low_rank_dynamic_linear_preferred(x, 2, layer.out_features // 4, layer.out_features)
     with torch.inference_mode():
@@ -245,7 +239,7 @@ def test_dit_training_on_onednn_gemms_equals_reference_for_both_mixers(mixer, mo
     monkeypatch.setattr(kernels, "linear", lambda *args: calls.append(args) or onednn(*args))
     model = WeightFormerDiT(input_size=6, patch_size=2, hidden_size=32, depth=4, num_classes=5, mixer=mixer,
                             num_heads=2, class_dropout_prob=0.0)  # training mode, no random label drops
-    _randomise(model, seed=6)
+    randomise(model, seed=6)
     gen = torch.Generator().manual_seed(2)
     x, t, y = torch.randn(3, 4, 10, 6, generator=gen), torch.tensor([3, 400, 998]), torch.tensor([1, 0, 4])
     params = [p for p in model.parameters() if p.requires_grad]
@@ -254,12 +248,7 @@ def test_dit_training_on_onednn_gemms_equals_reference_for_both_mixers(mixer, mo
     static = 4 - len(model.dynamic_indices)
     assert len(calls) == 2 * static + len(model.dynamic_indices) + 1 + (8 if mixer == "attention" else 0)
     grads = torch.autograd.grad(out.square().sum(), params)
-    with kernels.use_reference():
-        out_ref = model(x, t, y)
-        grads_ref = torch.autograd.grad(out_ref.square().sum(), params)
-    torch.testing.assert_close(out, out_ref, rtol=1e-4, atol=1e-4 * out_ref.abs().max().item())
-    for g, r in zip(grads, grads_ref, strict=True):
-        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4 * (r.abs().max().item() + 1))
+    assert_matches_reference_path(model, (x, t, y), out, grads, params)
 
 
 def test_classifier_training_on_onednn_gemms_equals_reference(monkeypatch):
@@ -269,7 +258,7 @@ def test_classifier_training_on_onednn_gemms_equals_reference(monkeypatch):
     monkeypatch.setattr(kernels.mlp, "_onednn_gemm", lambda *args: fused.append(args) or gemm(*args))
     monkeypatch.setattr(kernels.mlp, "_onednn_weight_grad", lambda *a: weight_grads.append(a) or weight_grad(*a))
     model = timm.create_model("weightformer_tiny", embed_dim=24, depth=4, num_classes=3, img_size=64)
-    _randomise(model, seed=8)
+    randomise(model, seed=8)
     x = torch.randn(2, 3, 64, 80, generator=torch.Generator().manual_seed(5))
     params = [p for p in model.parameters() if p.requires_grad]
     grads = torch.autograd.grad(model(x).logsumexp(-1).sum(), params)

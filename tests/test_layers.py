@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fast_path_helpers import randomise
 from reference import (
     adaptive_kernel_update_ref,
     adaptive_pool_ref,
@@ -37,14 +38,6 @@ from weightformer.layers.dynamic_linear import focused_map
 ODD_GRIDS = [(7, 5), (3, 9), (6, 4), (5, 5)]
 
 
-def _randomise(module: torch.nn.Module, seed: int = 0) -> None:
-    """Non-trivial values everywhere, so no term of a formula can hide behind an init of zero."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.3)
-
-
 # -- dynamic linear ------------------------------------------------------------------------------------------
 
 LINEAR_REF_FLAGS = {
@@ -64,7 +57,7 @@ def test_dynamic_linear_matches_float64_reference(predictor, grid):
     torch.manual_seed(0)
     c, d = 12, 20
     layer = DynamicLinear(c, d, predictor=predictor).double()
-    _randomise(layer)
+    randomise(layer)
     x = torch.randn(3, *grid, c, dtype=torch.float64)
     pred = layer.predictor
     hidden = (pred.hidden.weight, pred.hidden.bias) if pred.hidden is not None else None
@@ -108,7 +101,7 @@ def test_output_predictors_match_float64_reference_forward_and_gradients(predict
     torch.manual_seed(0)
     c, d = 12, 20
     layer = DynamicLinear(c, d, predictor=predictor).double()
-    _randomise(layer)
+    randomise(layer)
     x = torch.randn(batch, *grid, c, dtype=torch.float64, requires_grad=True)
     got = layer(x)
     expected = torch.einsum("bhwc,dc->bhwd", x, layer.weight) + layer.bias + _output_term_ref(layer, x)
@@ -126,7 +119,7 @@ def test_output_predictors_match_float64_reference_forward_and_gradients(predict
 def test_output_predictors_pass_gradcheck(predictor):
     torch.manual_seed(1)
     layer = DynamicLinear(8, 8, predictor=predictor).double()
-    _randomise(layer)
+    randomise(layer)
     x = torch.randn(1, 3, 5, 8, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(layer, (x,))
 
@@ -157,7 +150,7 @@ def test_agent_summary_sits_on_one_token_whatever_the_token_count():
     torch.manual_seed(2)
     c = 8
     layer = DynamicLinear(c, 16, predictor="agent")
-    _randomise(layer)
+    randomise(layer)
     pred = layer.predictor
     with torch.no_grad():
         pred.agent_queries.zero_()
@@ -202,7 +195,7 @@ def test_agent_read_out_is_a_softmax_per_token_over_the_agents():
     torch.manual_seed(3)
     c = 32  # d = 8 = K: the agents' keys are a basis, a query can match one of them and no other
     layer = DynamicLinear(c, 16, predictor="agent").double()
-    _randomise(layer)
+    randomise(layer)
     pred = layer.predictor
     x = torch.randn(1, 3, 5, c, dtype=torch.float64)
     x[0, 1, 2] = F.one_hot(torch.tensor(0), c).double()  # its query is W_q's row for channel 0
@@ -227,8 +220,8 @@ def test_normalized_term_is_unchanged_by_background_tokens_where_the_release_upd
     c, d = 12, 20
     normalized = DynamicLinear(c, d, predictor="normalized").double()
     release = DynamicLinear(c, d, predictor="bilateral").double()
-    _randomise(normalized)
-    _randomise(release)
+    randomise(normalized)
+    randomise(release)
     with torch.no_grad():
         release.predictor.proj.bias.zero_()  # a zero token's factors are then zero too: pure dilution
     x = torch.randn(2, 3, 5, c, dtype=torch.float64)
@@ -255,7 +248,7 @@ def test_output_predictors_start_close_to_the_static_layer(predictor):
 def test_dynamic_linear_update_is_column_bounded_and_input_dependent():
     torch.manual_seed(1)
     layer = DynamicLinear(16, 32)
-    _randomise(layer)
+    randomise(layer)
     x = torch.randn(4, 6, 8, 16) * 5
     delta = layer.predictor(x)  # (B, D, C): row j is column j of the paper's dW
     assert delta.shape == (4, 32, 16)
@@ -269,7 +262,7 @@ def test_dynamic_linear_divides_by_unpooled_token_count():
     # here distinguishable) result, on even grids (N = 4 Np) and odd ones (N / Np is not 4).
     torch.manual_seed(2)
     layer = DynamicLinear(8, 16).double()
-    _randomise(layer)
+    randomise(layer)
     pred = layer.predictor
     for height, width in [(4, 4), (5, 7)]:
         x = torch.randn(2, height, width, 8, dtype=torch.float64)
@@ -327,7 +320,7 @@ def test_dynamic_dwconv_matches_float64_reference(predictor, grid):
     torch.manual_seed(0)
     c = 10
     layer = DynamicDWConv2d(c, predictor=predictor).double()
-    _randomise(layer)
+    randomise(layer)
     x = torch.randn(3, *grid, c, dtype=torch.float64)
     kernel = layer.static_weight[:, 0] + _conv_update_ref(layer.predictor, x)
     expected = depthwise_conv_ref(x, kernel, layer.bias)
@@ -338,7 +331,7 @@ def test_dynamic_dwconv_matches_float64_reference(predictor, grid):
 def test_dynamic_dwconv_update_is_bounded(predictor):
     torch.manual_seed(3)
     layer = DynamicDWConv2d(8, predictor=predictor)
-    _randomise(layer)
+    randomise(layer)
     delta = layer.predictor(torch.randn(2, 9, 7, 8) * 10)
     assert delta.shape == (2, 8, 3, 3)
     assert (torch.linalg.vector_norm(delta, dim=(-2, -1)) < 1 + 1e-6).all()
@@ -359,7 +352,7 @@ def _make(kind: str, predictor: str) -> torch.nn.Module:
 def test_gradients_reach_every_parameter(kind, predictor):
     torch.manual_seed(4)
     layer = _make(kind, predictor)
-    _randomise(layer)
+    randomise(layer)
     x = torch.randn(2, 7, 5, 16, requires_grad=True)
     layer(x).pow(2).sum().backward()
     for name, p in layer.named_parameters():
@@ -393,7 +386,7 @@ def test_every_output_depends_on_every_input(kind, predictor):
     # The global receptive field of one dynamic layer: the far corner moves the opposite corner.
     torch.manual_seed(5)
     layer = _make(kind, predictor).double()
-    _randomise(layer)
+    randomise(layer)
     x = torch.randn(1, 9, 11, 16, dtype=torch.float64, requires_grad=True)
     layer(x)[0, 0, 0].sum().backward()
     assert x.grad[0, -1, -1].abs().sum() > 0
