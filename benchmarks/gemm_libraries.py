@@ -18,7 +18,7 @@ import time
 import torch
 
 from weightformer.analysis.bench import environment
-from weightformer.kernels.mlp import _onednn_weight_grad
+from weightformer.kernels.mlp import _onednn_gemm, _onednn_weight_grad
 
 
 def best_ms(fn, repeats: int) -> float:
@@ -33,10 +33,9 @@ def best_ms(fn, repeats: int) -> float:
 
 def _cases(x: torch.Tensor, w: torch.Tensor, g: torch.Tensor) -> dict:
     """Each product as (torch.matmul, oneDNN) callables: x (N, C), weight w (D, C), output gradient g (N, D)."""
-    onednn = torch.ops.mkldnn._linear_pointwise
-    return {
-        "forward x W^T": (lambda: x @ w.t(), lambda: onednn(x, w, None, "none", [], "none")),
-        "input gradient grad W": (lambda: g @ w, lambda: onednn(g, w.t().contiguous(), None, "none", [], "none")),
+    return {  # the oneDNN side: the calls kernels.linear's training backward makes
+        "forward x W^T": (lambda: x @ w.t(), lambda: _onednn_gemm(x, w, None)),
+        "input gradient grad W": (lambda: g @ w, lambda: _onednn_gemm(g, w.t(), None)),
         "weight gradient grad^T x": (lambda: g.t() @ x, lambda: _onednn_weight_grad(g, x, w, False)[0]),
     }
 
