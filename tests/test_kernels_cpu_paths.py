@@ -11,14 +11,22 @@ from weightformer import kernels
 from weightformer.layers import DynamicLinear
 
 
-@pytest.mark.parametrize("grid,factored", [((3, 9), True), ((12, 11), False)])
-@pytest.mark.parametrize("predictor", ["bilateral", "deep", "query_pool"])
-def test_dynamic_linear_factored_and_formed_updates_equal_reference(grid, factored, predictor):
+# (C, D, grid, dtype, the plan for the bilateral predictor's Np = 2x2-pooled tokens). Formed only in float64 here:
+# on fp32 CPU tensors its per-sample GEMM is priced at half the static oneDNN GEMM's rate.
+@pytest.mark.parametrize("features,grid,dtype,plan", [
+    ((12, 20), (3, 9), torch.float32, "rows"), ((12, 20), (12, 11), torch.float32, "rows"),
+    ((12, 20), (12, 11), torch.float64, "formed"), ((32, 64), (2, 3), torch.float32, "pooled"),
+    ((32, 64), (5, 3), torch.float32, "pooled"),
+])
+@pytest.mark.parametrize("predictor", ["bilateral", "deep", "query_pool", "mean_max"])
+def test_dynamic_linear_factored_and_formed_updates_equal_reference(features, grid, dtype, plan, predictor):
     torch.manual_seed(0)
-    layer = DynamicLinear(12, 20, predictor=predictor)
+    layer = DynamicLinear(*features, predictor=predictor).to(dtype)
     randomise(layer)
-    x = torch.randn(3, *grid, 12, requires_grad=True)
-    assert kernels.low_rank_dynamic_linear_preferred(x, 3, 5, 20) is factored
+    x = torch.randn(3, *grid, features[0], dtype=dtype, requires_grad=True)
+    if predictor in ("bilateral", "deep"):
+        num_pooled = ((grid[0] + 1) // 2) * ((grid[1] + 1) // 2)
+        assert kernels.dynamic_linear_plan(x, num_pooled, features[0] // 4, features[1] // 4, features[1]) == plan
     params = [x, *layer.parameters()]
     y_fast = layer(x)
     g_fast = torch.autograd.grad(y_fast.square().sum(), params)
@@ -30,19 +38,36 @@ def test_dynamic_linear_factored_and_formed_updates_equal_reference(grid, factor
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4 * (r.abs().max().item() + 1))
 
 
-# (Np, C_r, D_r, D): the rows through the D_r x C_r sum; through v W2 with the row norms through the Np x Np kernel
-# u G u^T (Np < C_r); through v W2 with the norms through rows x G (Np >= C_r).
+def test_dynamic_linear_plan_takes_the_cheapest_form_at_the_models_working_points():
+    # (C, token grid side, plan) for fc1 (C -> 4C, Np = 2x2-pooled tokens): WeightFormer-T / -S at 224² and 448²,
+    # WeightFormer-DiT-S/2 and -B/2 at latents 32 and 64
+    for channels, side, plan in [(192, 14, "rows"), (384, 14, "pooled"), (192, 28, "rows"), (192, 56, "rows"),
+                                 (384, 16, "pooled"), (768, 16, "pooled"), (384, 32, "rows")]:
+        x = torch.empty(1, side, side, channels)
+        num_pooled = ((side + 1) // 2) ** 2
+        assert kernels.dynamic_linear_plan(x, num_pooled, channels // 4, channels, 4 * channels) == plan
+        # without the CPU's GEMM-rate penalty the large grids form dW
+        formed = side >= 28 and channels == 192 or side == 32
+        assert (kernels.dynamic_linear_plan(x.double(), num_pooled, channels // 4, channels, 4 * channels)
+                == ("formed" if formed else plan))
+
+
+# (Np, C_r, D_r, D): few and many pooled tokens against the rank
 @pytest.mark.parametrize("num_pooled,in_rank,out_rank,out_features", [(40, 3, 5, 20), (3, 7, 9, 11), (5, 3, 40, 6)])
-def test_low_rank_bounded_update_equals_the_formed_bounded_update_in_float64(
-    num_pooled, in_rank, out_rank, out_features
+@pytest.mark.parametrize("form", ["rows", "pooled"])
+def test_factored_bounded_updates_equal_the_formed_bounded_update_in_float64(
+    num_pooled, in_rank, out_rank, out_features, form
 ):
     gen = torch.Generator().manual_seed(num_pooled)
     in_features, scale = 13, 0.7
     u, v, w1, w2 = (torch.randn(*shape, generator=gen, dtype=torch.float64, requires_grad=True)
                     for shape in ((2, num_pooled, in_rank), (2, num_pooled, out_rank), (in_rank, in_features),
                                   (out_rank, out_features)))
-    rows = kernels.low_rank_bounded_update(u, v, w1, w2, scale)
-    update = rows @ w1  # (B, D, C)
+    if form == "rows":
+        update = kernels.low_rank_bounded_update(u, v, w1, w2, scale).transpose(1, 2) @ w1  # R W1: (B, D, C)
+    else:
+        values = kernels.pooled_bounded_update(u, v, w1, w2, scale)  # (B, Np, D)
+        update = torch.einsum("bpd,bpr,rc->bdc", values, u, w1)  # E^T u W1
     formed = scale * torch.einsum("rd,bpr,bpc,ck->bdk", w2, v, u, w1)  # W2^T (v^T u) W1, straight
     reference = formed / (torch.linalg.vector_norm(formed, dim=-1, keepdim=True) + 1.0)
     torch.testing.assert_close(update, reference, rtol=1e-10, atol=1e-12)
@@ -51,6 +76,25 @@ def test_low_rank_bounded_update_equals_the_formed_bounded_update_in_float64(
     reference_grads = torch.autograd.grad((reference * upstream).sum(), (u, v, w1, w2))
     for g, r in zip(grads, reference_grads, strict=True):
         torch.testing.assert_close(g, r, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("form", ["rows", "pooled"])
+def test_factored_updates_applied_equal_the_formed_weight_in_float64(form):
+    gen = torch.Generator().manual_seed(2)
+    batch, height, width, in_features, out_features, num_pooled, in_rank = 2, 3, 5, 9, 7, 4, 3
+    x = torch.randn(batch, height, width, in_features, generator=gen, dtype=torch.float64)
+    w0, b, w1 = (torch.randn(*shape, generator=gen, dtype=torch.float64)
+                 for shape in ((out_features, in_features), (out_features,), (in_rank, in_features)))
+    u = torch.randn(batch, num_pooled, in_rank, generator=gen, dtype=torch.float64)
+    if form == "rows":
+        rows = torch.randn(batch, out_features, in_rank, generator=gen, dtype=torch.float64)
+        y = kernels.apply_low_rank_dynamic_weight(x, w0, b, rows.transpose(1, 2), w1)
+        weight = w0 + rows @ w1  # (B, D, C)
+    else:
+        values = torch.randn(batch, num_pooled, out_features, generator=gen, dtype=torch.float64)
+        y = kernels.apply_pooled_dynamic_weight(x, w0, b, u, values, w1)
+        weight = w0 + torch.einsum("bpd,bpr,rc->bdc", values, u, w1)
+    torch.testing.assert_close(y, torch.einsum("bhwc,bdc->bhwd", x, weight) + b, rtol=1e-12, atol=1e-12)
 
 
 def test_factored_update_has_finite_gradients_for_a_zero_update():
@@ -63,7 +107,9 @@ def test_factored_update_has_finite_gradients_for_a_zero_update():
 
 
 def test_factored_update_is_not_used_in_bf16():
-    assert not kernels.low_rank_dynamic_linear_preferred(torch.empty(2, 3, 3, 12, dtype=torch.bfloat16), 3, 5, 20)
+    x = torch.empty(2, 3, 3, 12, dtype=torch.bfloat16)
+    assert kernels.dynamic_linear_plan(x, 4, 3, 5, 20) == "formed"
+    assert kernels.dynamic_linear_plan(x.float(), 4, 3, 5, 20) != "formed"
 
 
 def test_cpu_inference_with_fused_mlps_equals_reference():
@@ -90,23 +136,6 @@ def test_fused_inference_mlp_is_not_used_while_recording_gradients_or_hooked():
     with torch.inference_mode():
         assert not block._mlp_fusable(x.detach())
     handle.remove()
-
-
-@pytest.mark.parametrize("grid", [(2, 2), (2, 3)])  # one pooled token and a wide output rank: rows via v W2 first
-def test_factored_update_through_the_output_basis_first_equals_reference(grid):
-    torch.manual_seed(0)
-    layer = DynamicLinear(8, 64)
-    randomise(layer)
-    x = torch.randn(2, *grid, 8, requires_grad=True)
-    assert kernels.low_rank_dynamic_linear_preferred(x, 2, 16, 64)
-    y_fast = layer(x)
-    g_fast = torch.autograd.grad(y_fast.square().sum(), [x, *layer.parameters()])
-    with kernels.use_reference():
-        y_ref = layer(x)
-        g_ref = torch.autograd.grad(y_ref.square().sum(), [x, *layer.parameters()])
-    torch.testing.assert_close(y_fast, y_ref, rtol=1e-5, atol=1e-5)
-    for g, r in zip(g_fast, g_ref, strict=True):
-        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4 * (r.abs().max().item() + 1))
 
 
 @pytest.mark.parametrize("mixer", ["dwconv", "attention"])
@@ -149,7 +178,7 @@ def test_dit_cpu_inference_on_onednn_gemms_equals_reference_and_steps_aside_when
     assert calls["linear_gelu"] == 2 * static - 1
 
 
-@pytest.mark.parametrize("grid", [(3, 9), (2, 2)])  # rows through the D_r x C_r sum, and through v W2 first
+@pytest.mark.parametrize("grid", [(3, 9), (2, 2)])  # through rank-C_r rows, and through the pooled tokens
 def test_factored_update_in_cpu_inference_on_onednn_gemms_equals_reference(grid, monkeypatch):
     calls = []
     onednn = kernels.mlp.linear_inference
@@ -158,12 +187,14 @@ def test_factored_update_in_cpu_inference_on_onednn_gemms_equals_reference(grid,
     layer = DynamicLinear(8, 64 if grid == (2, 2) else 20)
     randomise(layer)
     x = torch.randn(2, *grid, 8)
-    assert kernels.low_rank_dynamic_linear_preferred(x, 2, layer.out_features // 4, layer.out_features)
+    num_pooled = ((grid[0] + 1) // 2) * ((grid[1] + 1) // 2)
+    plan = kernels.dynamic_linear_plan(x, num_pooled, 2, layer.out_features // 4, layer.out_features)
+    assert plan == ("pooled" if grid == (2, 2) else "rows")
     with torch.inference_mode():
         y_fast = layer(x)
-        # the static part x W0^T, and through kernels.matmul: x W1^T, the Gram product, and v W2 where rows go
-        # through it
-        assert len(calls) == 3 + (grid == (2, 2))
+        # the static part x W0^T, and through kernels.matmul: x W1^T and v W2 (rows: (u^T v) W2), and u G for
+        # the pooled form
+        assert len(calls) == 3 + (plan == "pooled")
         with kernels.use_reference():
             y_ref = layer(x)
     torch.testing.assert_close(y_fast, y_ref, rtol=1e-5, atol=1e-5)

@@ -35,11 +35,11 @@ def test_profile_attributes_weightformer_and_deit_ops_to_their_families(results)
 
 
 def test_profiled_inference_macs_match_the_flop_counter(results):
-    # The counter follows the reference path; the fast path's factored dynamic-linear update does more MACs on
-    # small grids (14 % more in all at 64x64, 2 % at 224x224) to skip forming the per-sample weight.
+    # The counter follows the reference path; the fast path keeps the dynamic-linear update factored instead of
+    # forming the per-sample weight (at 64x64 through the 4 pooled tokens: 1 % fewer MACs in all).
     counted = count_macs(create_model("weightformer_tiny"), (3, 64, 64), batch_size=2).gmacs
     profiled = results["modes"]["inference"]["weightformer_tiny"]["total_gmacs"]
-    assert counted < profiled < 1.2 * counted
+    assert profiled == pytest.approx(counted, rel=0.05) and profiled != counted
     deit = create_model("deit_tiny_patch16_224", img_size=64)
     deit_counted = count_macs(deit, (3, 64, 64), batch_size=2).gmacs
     deit_profiled = results["modes"]["inference"]["deit_tiny_patch16_224"]["total_gmacs"]

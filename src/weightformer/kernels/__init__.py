@@ -7,8 +7,8 @@ the fast path computes the same function (tests hold it to the reference) with f
   kernel on CUDA (`triton_dwconv`), channels-last oneDNN convs with the residual folded into the centre tap
   elsewhere (`dwconv`);
 - the dynamic linear layer as one batched GEMM with its bias, and its predicted update summed over the pooled
-  tokens in the rank-reduced space, or, on small grids, never formed: the static GEMM plus a rank-C_r
-  correction (`dynamic_linear`);
+  tokens in the rank-reduced space, or, on small grids, never formed: the static GEMM plus a correction through
+  rank C_r or through the pooled tokens, whichever is cheaper (`dynamic_linear`);
 - the MLP's fc2(GELU(h)) keeping only h for the backward pass, GELU recomputed there (`mlp`), only while
   nothing could observe the difference (`gelu_linear_fusable`); in CPU inference, oneDNN GEMMs with fc1's
   bias and GELU and fc2's bias and the block's residual add in their epilogues (`mlp_inference_fusable`), the GELU
@@ -46,9 +46,11 @@ from .dwconv import depthwise_conv_torch
 from .dynamic_linear import (
     apply_dynamic_weight,
     apply_low_rank_dynamic_weight,
+    apply_pooled_dynamic_weight,
+    dynamic_linear_plan,
     low_rank_bounded_update,
-    low_rank_dynamic_linear_preferred,
     low_rank_outer_product_sum,
+    pooled_bounded_update,
 )
 from .mlp import _has_hooks as has_hooks
 from .mlp import (
@@ -78,7 +80,9 @@ __all__ = [
     "low_rank_outer_product_sum",
     "low_rank_bounded_update",
     "apply_low_rank_dynamic_weight",
-    "low_rank_dynamic_linear_preferred",
+    "pooled_bounded_update",
+    "apply_pooled_dynamic_weight",
+    "dynamic_linear_plan",
     "has_hooks",
     "gelu_linear",
     "gelu_linear_fusable",

@@ -169,6 +169,10 @@ class OuterProductPredictor(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, H, W, C) -> dW: (B, D, C), column-bounded."""
         u, v, scale = self.factors(x)  # (B, Np, C_r), (B, Np, D_r)
+        return self.bounded_update(u, v, scale)
+
+    def bounded_update(self, u: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+        """dW (B, D, C), column-bounded, from the factors u (B, Np, C_r), v (B, Np, D_r) and the scale of `factors`."""
         delta = self._outer_product_sum(u, v)  # (B, D, C)
         delta = delta * scale
         # Each output column j of dW (C x D) is a row here: normalise over the C inputs.
@@ -486,18 +490,27 @@ class DynamicLinear(nn.Linear):
 
     @torch.jit.unused
     def _forward_fast(self, x: torch.Tensor) -> torch.Tensor:
-        """The fast path: dW kept factored through the predictor's rank-C_r input basis where that is cheaper,
-        else formed and applied as one batched GEMM. x: (B, H, W, C) -> (B, H, W, D)."""
+        """The fast path (`kernels.dynamic_linear_plan`): dW kept factored, through its rank-C_r rows or through the
+        pooled tokens, where that is cheaper, else formed and applied as one batched GEMM.
+        x: (B, H, W, C) -> (B, H, W, D)."""
         predictor = self.predictor
         # The profiler range names the predictor's ops for `weightformer profile` (free when not profiling).
-        factored = type(predictor) is OuterProductPredictor and not kernels.has_hooks(predictor)
-        if factored and kernels.low_rank_dynamic_linear_preferred(
-            x, predictor.in_rank, predictor.out_rank, self.out_features
-        ):
+        if type(predictor) is not OuterProductPredictor or kernels.has_hooks(predictor):
             with _predictor_range():
-                u, v, scale = predictor.factors(x)  # (B, Np, C_r), (B, Np, D_r)
-                rows = kernels.low_rank_bounded_update(u, v, predictor.input_basis, predictor.output_basis, scale)
-            return kernels.apply_low_rank_dynamic_weight(x, self.weight, self.bias, rows, predictor.input_basis)
+                weight = self.weight + predictor(x)  # (B, D, C)
+            return kernels.apply_dynamic_weight(x, weight, self.bias)  # one batched GEMM, bias included
+        basis = predictor.input_basis
         with _predictor_range():
-            weight = self.weight + predictor(x)  # (B, D, C)
-        return kernels.apply_dynamic_weight(x, weight, self.bias)  # one batched GEMM, bias included
+            u, v, scale = predictor.factors(x)  # (B, Np, C_r), (B, Np, D_r)
+            plan = kernels.dynamic_linear_plan(x, u.shape[1], predictor.in_rank, predictor.out_rank, self.out_features)
+            if plan == "pooled":
+                values = kernels.pooled_bounded_update(u, v, basis, predictor.output_basis, scale)  # (B, Np, D)
+            elif plan == "rows":
+                rows = kernels.low_rank_bounded_update(u, v, basis, predictor.output_basis, scale)  # (B, C_r, D)
+            else:
+                weight = self.weight + predictor.bounded_update(u, v, scale)  # (B, D, C)
+        if plan == "pooled":
+            return kernels.apply_pooled_dynamic_weight(x, self.weight, self.bias, u, values, basis)
+        if plan == "rows":
+            return kernels.apply_low_rank_dynamic_weight(x, self.weight, self.bias, rows, basis)
+        return kernels.apply_dynamic_weight(x, weight, self.bias)
