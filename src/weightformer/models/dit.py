@@ -392,7 +392,7 @@ class WeightFormerDiT(nn.Module):
         """
         self.check_input(x, t, y)
         x = self.x_embedder(x)  # (N, h, w, D)
-        x = x + _sincos_2d_cached(self.hidden_size, x.shape[1], x.shape[2], x.device, x.dtype)  # (N, h, w, D)
+        x = x + _sincos_2d(self.hidden_size, x.shape[1], x.shape[2], x.device, x.dtype)  # (N, h, w, D)
         c = self.t_embedder(t) + self.y_embedder(y, self.training)  # (N, D)
         for block in self.blocks:
             x = self._run_block(block, x, c)  # (N, h, w, D)
@@ -434,6 +434,14 @@ def _sincos_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
     omega = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64) / (dim / 2.0))  # (dim/2,)
     out = positions[:, None] * omega[None]  # (M, dim/2)
     return torch.cat([torch.sin(out), torch.cos(out)], dim=1)
+
+
+def _sincos_2d(dim: int, height: int, width: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The (h, w, dim) embedding for a forward pass: cached in eager mode; under torch.compile built in the graph
+    (dynamo would trace through the cache wrapper anyway, and warn that it does)."""
+    if torch.compiler.is_compiling():
+        return _sincos_2d_cached.__wrapped__(dim, height, width, device, dtype)
+    return _sincos_2d_cached(dim, height, width, device, dtype)
 
 
 @lru_cache(maxsize=16)
