@@ -57,8 +57,10 @@ def test_compiled_cpu_linear_layers_run_on_the_onednn_custom_ops_and_give_the_re
     model = weightformer.create_model("weightformer_tiny", num_classes=9, embed_dim=16, depth=3, patch_size=4,
                                       img_size=20, drop_path_rate=0.0).train(mode == "train")
     params = [p for p in model.parameters() if p.requires_grad]
-    # fc1 and fc2 of each static block; fc2, W0 and the rank-C/4 products x W1^T and rows x Gram of the dynamic one
-    products = 2 * (3 - len(model.dynamic_indices)) + 4 * len(model.dynamic_indices)
+    # fc1 and fc2 of each static block; fc2, W0, the predictor's projection and the rank-C/4 products x W1^T and
+    # (u^T v) W2 of the dynamic one (its update through the rank-C/4 rows: `kernels.dynamic_linear_plan`)
+    assert kernels.dynamic_linear_plan(torch.empty(2, 5, 7, 16), 12, 4, 16, 64) == "rows"
+    products = 2 * (3 - len(model.dynamic_indices)) + 5 * len(model.dynamic_indices)
     images = torch.randn(2, 3, 20, 28)
     torch._dynamo.reset()
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True)

@@ -165,8 +165,10 @@ def test_dit_cpu_inference_on_onednn_gemms_equals_reference_and_steps_aside_when
             ref = model(x, t, y)
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
     static = 4 - len(model.dynamic_indices)
-    # Every MLP's fc2 and the final linear (and attention's qkv and proj) on oneDNN; fc1 + GELU where fc1 is static.
-    assert fast_calls == {"linear": 4 + 1 + (8 if mixer == "attention" else 0), "linear_gelu": static}
+    # Every MLP's fc2 and the final linear (and attention's qkv and proj), and the dynamic layers' predictor
+    # projections, on oneDNN; fc1 + GELU where fc1 is static.
+    dynamic = len(model.dynamic_indices)
+    assert fast_calls == {"linear": 4 + 1 + dynamic + (8 if mixer == "attention" else 0), "linear_gelu": static}
     assert calls == fast_calls  # the reference path called neither
 
     handle = model.blocks[0].mlp.fc2.register_forward_hook(lambda *args: None)
@@ -192,9 +194,9 @@ def test_factored_update_in_cpu_inference_on_onednn_gemms_equals_reference(grid,
     assert plan == ("pooled" if grid == (2, 2) else "rows")
     with torch.inference_mode():
         y_fast = layer(x)
-        # the static part x W0^T, and through kernels.matmul: x W1^T and v W2 (rows: (u^T v) W2), and u G for
-        # the pooled form
-        assert len(calls) == 3 + (plan == "pooled")
+        # the predictor's projection, the static part x W0^T, and through kernels.matmul: x W1^T and v W2 (rows:
+        # (u^T v) W2), and u G for the pooled form
+        assert len(calls) == 4 + (plan == "pooled")
         with kernels.use_reference():
             y_ref = layer(x)
     torch.testing.assert_close(y_fast, y_ref, rtol=1e-5, atol=1e-5)
@@ -275,9 +277,10 @@ def test_dit_training_on_onednn_gemms_equals_reference_for_both_mixers(mixer, mo
     x, t, y = torch.randn(3, 4, 10, 6, generator=gen), torch.tensor([3, 400, 998]), torch.tensor([1, 0, 4])
     params = [p for p in model.parameters() if p.requires_grad]
     out = model(x, t, y)
-    # Both mixers' plain linear layers (MLPs, final layer; attention's qkv and proj) run through kernels.linear.
+    # Both mixers' plain linear layers (MLPs, final layer; attention's qkv and proj) and the dynamic layers'
+    # predictor projections run through kernels.linear.
     static = 4 - len(model.dynamic_indices)
-    assert len(calls) == 2 * static + len(model.dynamic_indices) + 1 + (8 if mixer == "attention" else 0)
+    assert len(calls) == 2 * static + 2 * len(model.dynamic_indices) + 1 + (8 if mixer == "attention" else 0)
     grads = torch.autograd.grad(out.square().sum(), params)
     assert_matches_reference_path(model, (x, t, y), out, grads, params)
 
@@ -294,10 +297,13 @@ def test_classifier_training_on_onednn_gemms_equals_reference(monkeypatch):
     params = [p for p in model.parameters() if p.requires_grad]
     grads = torch.autograd.grad(model(x).logsumexp(-1).sum(), params)
     static = 4 - len(model.dynamic_indices)
-    assert len(calls) == static  # every static fc1; fc2 runs inside the fused GELU + fc2
-    # A forward and an input-gradient GEMM (and a weight gradient) each: fc1 and fc2 of each static MLP; fc2, W0
-    # and the rank-C/4 products x W1^T and rows x Gram of each dynamic one (rows through the D_r x C_r sum here).
-    assert len(fused) == 2 * 2 * static + 2 * 4 * len(model.dynamic_indices)
+    dynamic = len(model.dynamic_indices)
+    assert len(calls) == static + dynamic  # every static fc1 and predictor projection; fc2 runs in the fused GELU + fc2
+    # A forward and an input-gradient GEMM (and a weight gradient) each: fc1 and fc2 of each static MLP; fc2, W0,
+    # the predictor's projection and the rank-C/4 products x W1^T and (u^T v) W2 of each dynamic one (the update
+    # through its rank-C/4 rows here: `kernels.dynamic_linear_plan`).
+    assert kernels.dynamic_linear_plan(torch.empty(2, 4, 5, 24), 6, 6, 24, 96) == "rows"
+    assert len(fused) == 2 * 2 * static + 2 * 5 * dynamic
     assert len(weight_grads) == len(fused) // 2  # each product's weight gradient on oneDNN too
     with kernels.use_reference():
         grads_ref = torch.autograd.grad(model(x).logsumexp(-1).sum(), params)

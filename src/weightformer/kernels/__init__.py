@@ -90,6 +90,7 @@ __all__ = [
     "onednn_inference",
     "onednn_training",
     "linear",
+    "linear_layer",
     "plain_linear",
     "linear_inference",
     "gelu_inference_",
@@ -134,6 +135,16 @@ def _exporting() -> bool:
     # ops export as they are, while the fast path's size-dependent choices would become guards on those sizes.
     is_exporting = getattr(torch.compiler, "is_exporting", None)
     return bool(is_exporting is not None and is_exporting())
+
+
+def linear_layer(layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """layer(x) for a linear layer; on the fast path, where reading its weight is unobservable (`plain_linear`:
+    exactly nn.Linear, no hooks, not parametrized), `linear(x, layer.weight, layer.bias)` instead: oneDNN GEMMs
+    on fp32 CPU tensors (inference: one GEMM, the bias in its epilogue; training: the forward product and both
+    gradients), F.linear elsewhere. The same function, rounded differently (a float32 ulp or so)."""
+    if not reference_enabled() and plain_linear(layer):
+        return linear(x, layer.weight, layer.bias)
+    return layer(x)
 
 
 def reference_enabled_by_tracing() -> bool:

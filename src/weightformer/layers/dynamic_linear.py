@@ -195,9 +195,15 @@ class OuterProductPredictor(nn.Module):
             summaries = softmax_pool(x, self.queries)  # (B, K, C)
             pooled = torch.cat([x.mean(dim=(1, 2)).unsqueeze(1), summaries], dim=1)  # (B, K + 1, C)
             norm = pooled.shape[1]
-        if self.hidden is not None:
-            pooled = F.silu(self.hidden(pooled))
-        u, v = self.proj(pooled).split([self.in_rank, self.out_rank], dim=-1)  # (B, Np, C_r), (B, Np, D_r)
+        if not torch.jit.is_scripting():  # on oneDNN's GEMMs where they apply; TorchScript compiles the plain calls
+            if self.hidden is not None:
+                pooled = F.silu(kernels.linear_layer(self.hidden, pooled))
+            projected = kernels.linear_layer(self.proj, pooled)  # (B, Np, C_r + D_r)
+        else:
+            if self.hidden is not None:
+                pooled = F.silu(self.hidden(pooled))
+            projected = self.proj(pooled)
+        u, v = projected.split([self.in_rank, self.out_rank], dim=-1)  # (B, Np, C_r), (B, Np, D_r)
         if self.act_in:
             u = F.silu(u)
         if self.act_out:

@@ -138,13 +138,10 @@ class LabelEmbedder(nn.Module):
 
 
 def _linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """layer(x); in eager fp32 CPU work with nothing watching, on oneDNN GEMMs: in inference one GEMM with the bias
-    in its epilogue (`kernels.linear_inference`), in training the forward product and the input gradient
-    (`kernels.linear`). The same function, rounded differently (a float32 ulp or so). Both mixers use it, so
-    WeightFormer-DiT and the attention DiT run their GEMMs on the same library."""
+    """layer(x), on oneDNN GEMMs in eager fp32 CPU work with nothing watching (`kernels.linear_layer`). Both mixers
+    use it, so WeightFormer-DiT and the attention DiT run their GEMMs on the same library."""
     if not torch.jit.is_scripting():  # (TorchScript compiles only the plain call)
-        if not kernels.reference_enabled() and kernels.plain_linear(layer):
-            return kernels.linear(x, layer.weight, layer.bias)  # oneDNN where it applies, else F.linear
+        return kernels.linear_layer(layer, x)
     return layer(x)
 
 
