@@ -106,15 +106,11 @@ class Mlp(nn.Module):
         # right-hand side of an `and`: the fast path's Python stays in a nested if.
         if not torch.jit.is_scripting():
             if not kernels.reference_enabled():
-                if kernels.plain_linear(self.fc1):  # oneDNN GEMMs in fp32 CPU training (`kernels.linear`)
-                    hidden = kernels.linear(x, self.fc1.weight, self.fc1.bias)  # (B, H, W, 4C)
-                else:
-                    hidden = self.fc1(x)
+                # oneDNN GEMMs in fp32 CPU work where fc1 / fc2 are plain nn.Linear (`kernels.linear_layer`)
+                hidden = kernels.linear_layer(self.fc1, x)  # (B, H, W, 4C)
                 if kernels.gelu_linear_fusable(self.act, self.fc2, hidden):
                     return kernels.gelu_linear(hidden, self.fc2.weight, self.fc2.bias)
-                if kernels.plain_linear(self.fc2):  # e.g. compiled inference; act runs as its module either way
-                    return kernels.linear(self.act(hidden), self.fc2.weight, self.fc2.bias)
-                return self.fc2(self.act(hidden))
+                return kernels.linear_layer(self.fc2, self.act(hidden))  # act runs as its module either way
         return self.fc2(self.act(self.fc1(x)))
 
     @torch.jit.unused
