@@ -15,7 +15,9 @@ the fast path computes the same function (tests hold it to the reference) with f
   in place after a dynamic fc1 (`hidden_inference`);
 - on fp32 CPU tensors, linear layers on oneDNN's GEMMs (`linear`, `matmul`): in inference one GEMM with the bias
   in its epilogue, in training the forward product, the input gradient and the weight gradient, where
-  torch.matmul would call MKL; under torch.compile the same as custom ops (`weightformer::onednn_linear`).
+  torch.matmul would call MKL; under torch.compile the same as custom ops (`weightformer::onednn_linear`);
+- under torch.compile on CPU, convolutions as the custom op `weightformer::conv2d` (`conv2d`): the same oneDNN
+  kernels, hidden from inductor's channels-last layout heuristic, which would transpose the (B, H, W, C) tokens.
 
 Not a kernel but the same purpose: `reuse_freed_cpu_memory()` (`allocator`) keeps freed CPU memory in the process
 (glibc's malloc), so large activations are not page-faulted in afresh every step; `weightformer bench`, `profile`
@@ -42,6 +44,7 @@ except ImportError:
         _is_fx_tracing = None
 
 from .allocator import freed_cpu_memory_reused, release_freed_cpu_memory, reuse_freed_cpu_memory
+from .conv import compiling_for_cpu, conv2d
 from .dwconv import depthwise_conv_torch
 from .dynamic_linear import (
     apply_dynamic_weight,
@@ -76,6 +79,8 @@ __all__ = [
     "reference_enabled_by_tracing",
     "triton_available",
     "depthwise_conv",
+    "conv2d",
+    "compiling_for_cpu",
     "apply_dynamic_weight",
     "low_rank_outer_product_sum",
     "low_rank_bounded_update",

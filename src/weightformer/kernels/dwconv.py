@@ -10,12 +10,15 @@ Two choices, both measured on CPU (2 threads, fp32, oneDNN) against the referenc
   conv with B*C groups runs on a channels-last view; oneDNN's channels-last depthwise conv is ~2x faster than
   the reference's NCHW grouped conv at 224 and ~3x at 896, and the shapes stay symbolic under torch.compile
   (a per-sample Python loop was slower at small grids). Shared kernels need no copy at all.
+
+Under torch.compile on CPU both convs run as the custom op weightformer::conv2d (`conv`).
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+from .conv import conv2d
 
 __all__ = ["depthwise_conv_torch"]
 
@@ -50,13 +53,13 @@ def depthwise_conv_torch(
     bias = None if bias is None else bias.to(x.dtype)
     if kernel.ndim == 3:  # shared: (B, C, H, W) channels-last view, no copy
         weight = kernel.unsqueeze(1).to(x.dtype)  # (C, 1, k, k)
-        y = F.conv2d(x.permute(0, 3, 1, 2), weight, bias, padding=k // 2, groups=channels)
+        y = conv2d(x.permute(0, 3, 1, 2), weight, bias, padding=k // 2, groups=channels)
         y = y.permute(0, 2, 3, 1)  # (B, H, W, C)
     else:
         stacked = x.permute(1, 2, 0, 3).reshape(1, height, width, batch * channels)  # (1, H, W, B*C), one copy
         weight = kernel.reshape(batch * channels, 1, k, k).to(x.dtype)
         stacked_bias = None if bias is None else bias.repeat(batch)
-        y = F.conv2d(stacked.permute(0, 3, 1, 2), weight, stacked_bias, padding=k // 2, groups=batch * channels)
+        y = conv2d(stacked.permute(0, 3, 1, 2), weight, stacked_bias, padding=k // 2, groups=batch * channels)
         y = y.permute(0, 2, 3, 1).reshape(height, width, batch, channels).permute(2, 0, 1, 3)  # (B, H, W, C)
     y = y.contiguous()
     return x + y if residual and not fold else y

@@ -35,6 +35,8 @@ import torch.nn.functional as F
 from torch.nn.modules import module as _module
 from torch.nn.utils import parametrize
 
+from .conv import compiling_for_cpu
+
 __all__ = [
     "gelu_linear",
     "gelu_linear_fusable",
@@ -270,15 +272,7 @@ _onednn_linear_op.register_autograd(_onednn_linear_backward, setup_context=_oned
 def onednn_compiled(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether x W^T is being compiled (torch.compile) for fp32 CPU tensors outside autocast: then it runs as the
     custom op weightformer::onednn_linear (oneDNN's GEMMs, its backward too) instead of F.linear (MKL)."""
-    return (
-        torch.compiler.is_compiling()
-        and not torch.compiler.is_exporting()
-        and x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and weight.dtype == torch.float32
-        and not torch.is_autocast_enabled("cpu")
-        and _ONEDNN_LINEAR
-    )
+    return compiling_for_cpu(x) and x.dtype == torch.float32 and weight.dtype == torch.float32 and _ONEDNN_LINEAR
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["check_grid", "pool_2x2", "softmax_pool", "bound_update", "to_nchw", "to_nhwc"]
+from .. import kernels
+
+__all__ = ["Conv2d", "check_grid", "pool_2x2", "softmax_pool", "bound_update", "to_nchw", "to_nhwc"]
 
 
 def check_grid(x: torch.Tensor, channels: int, min_size: int, layer: str) -> None:
@@ -26,6 +29,19 @@ def check_grid(x: torch.Tensor, channels: int, min_size: int, layer: str) -> Non
             f"{layer} needs a token grid of at least {min_size}x{min_size} to pool its global statistics; "
             f"got {height}x{width}."
         )
+
+
+class Conv2d(nn.Conv2d):
+    """nn.Conv2d (zero padding) computed by `kernels.conv2d`: under torch.compile on CPU the custom op
+    weightformer::conv2d, which keeps inductor's channels-last heuristic off the (B, H, W, C) token maps that feed
+    the dynamic convs' predictors; F.conv2d everywhere else. Same parameters, same state_dict keys."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002 - nn.Conv2d's argument name
+        if not torch.jit.is_scripting():  # (TorchScript compiles nn.Conv2d's own call)
+            if self.padding_mode == "zeros":
+                return kernels.conv2d(input, self.weight, self.bias, self.stride, self.padding, self.dilation,
+                                      self.groups)
+        return self._conv_forward(input, self.weight, self.bias)
 
 
 def to_nchw(x: torch.Tensor) -> torch.Tensor:

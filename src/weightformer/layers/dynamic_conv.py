@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from timm.layers import trunc_normal_
 
 from .. import kernels
-from .common import bound_update, check_grid, softmax_pool, to_nchw, to_nhwc
+from .common import Conv2d, bound_update, check_grid, softmax_pool, to_nchw, to_nhwc
 
 __all__ = [
     "DynamicDWConv2d",
@@ -67,9 +67,9 @@ class AdaptiveKernelPredictor(nn.Module):
         super().__init__()
         self.kernel_size = kernel_size
         self.min_grid = kernel_size
-        self.fc1 = nn.Conv2d(channels, channels, 1)
+        self.fc1 = Conv2d(channels, channels, 1)
         self.act = nn.GELU()
-        self.fc2 = nn.Conv2d(channels, channels, 1, bias=False)
+        self.fc2 = Conv2d(channels, channels, 1, bias=False)
 
     def unbounded(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, H, W, C) -> the raw prediction (B, C, k, k), before normalisation."""
@@ -96,9 +96,9 @@ class GapKernelPredictor(nn.Module):
         super().__init__()
         self.kernel_size = kernel_size
         self.min_grid = 1
-        self.fc1 = nn.Conv2d(channels, channels, 1)
+        self.fc1 = Conv2d(channels, channels, 1)
         self.act = nn.GELU()
-        self.taps = nn.Conv2d(channels, channels * kernel_size**2, 1, groups=channels)  # E and e
+        self.taps = Conv2d(channels, channels * kernel_size**2, 1, groups=channels)  # E and e
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, H, W, C) -> dK: (B, C, k, k)."""
@@ -124,9 +124,9 @@ class AmpDirKernelPredictor(nn.Module):
         self.kernel_size = kernel_size
         self.min_grid = kernel_size
         self.direction = AdaptiveKernelPredictor(channels, kernel_size)
-        self.amp_fc1 = nn.Conv2d(channels, channels, 1)
+        self.amp_fc1 = Conv2d(channels, channels, 1)
         self.amp_act = nn.GELU()
-        self.amp_fc2 = nn.Conv2d(channels, channels, 1)
+        self.amp_fc2 = Conv2d(channels, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, H, W, C) -> dK: (B, C, k, k)."""
@@ -150,10 +150,10 @@ class ConvKernelPredictor(nn.Module):
         super().__init__()
         self.kernel_size = kernel_size
         self.min_grid = kernel_size
-        self.spatial = nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2, groups=channels)
-        self.fc1 = nn.Conv2d(channels, channels, 1)
+        self.spatial = Conv2d(channels, channels, kernel_size, padding=kernel_size // 2, groups=channels)
+        self.fc1 = Conv2d(channels, channels, 1)
         self.act = nn.GELU()
-        self.fc2 = nn.Conv2d(channels, channels, 1, bias=False)
+        self.fc2 = Conv2d(channels, channels, 1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, H, W, C) -> dK: (B, C, k, k)."""
@@ -180,9 +180,9 @@ class QueryKernelPredictor(nn.Module):
         self.min_grid = kernel_size
         self.queries = nn.Parameter(torch.empty(num_queries, channels))  # (K, C)
         self.context = nn.Linear(num_queries * channels, channels)  # G and g0
-        self.fc1 = nn.Conv2d(channels, channels, 1)
+        self.fc1 = Conv2d(channels, channels, 1)
         self.act = nn.GELU()
-        self.fc2 = nn.Conv2d(channels, channels, 1, bias=False)
+        self.fc2 = Conv2d(channels, channels, 1, bias=False)
         trunc_normal_(self.queries, std=0.02)  # random, not zero: equal queries would stay equal
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
