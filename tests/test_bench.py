@@ -84,6 +84,31 @@ def test_generation_bench_times_weightformer_dit_against_dit_with_sdpa(capsys):
     assert "--model tiny is not a generation variant" in capsys.readouterr().err
 
 
+def test_compiled_generation_bench_compiles_what_each_step_runs(monkeypatch):
+    # The guided step calls forward_with_cfg: compiling the module alone would leave that step eager.
+    compiled_calls = {"inference": 0, "train": 0}
+    real_compile = torch.compile
+
+    def counting_compile(fn, **kwargs):
+        def count(gm, example_inputs):
+            def run(*args):
+                compiled_calls["train" if torch.is_grad_enabled() else "inference"] += 1
+                return gm(*args)
+            return run
+        return real_compile(fn, backend=count, **kwargs)
+
+    monkeypatch.setattr(torch, "compile", counting_compile)
+    cfg = BenchConfig(task="generation", model="weightformer_dit_s_2", resolutions=[8], base_batch=2, rounds=1,
+                      warmup=0, threads=1, include_reference=False, num_classes=10, compile_mode="on",
+                      model_kwargs=dict(hidden_size=32, depth=2))
+    torch._dynamo.reset()
+    results = run_bench(cfg, log=lambda line: None)
+    assert {(r["mode"], r["contestant"]) for r in results["rows"]} == {
+        (m, c) for m in ("inference", "train") for c in ("wfm_compiled", "dit_compiled")}
+    # every timed step of both contestants ran a compiled graph (profiled step included: >= 2 per contestant)
+    assert compiled_calls["inference"] >= 4 and compiled_calls["train"] >= 4, compiled_calls
+
+
 # -- `weightformer bench --grad-checkpointing` ---------------------------------------------------------------
 
 

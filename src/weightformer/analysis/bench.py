@@ -315,8 +315,12 @@ def use_onednn_linears(model: nn.Module) -> nn.Module:
 
 
 def _make_dit_step(model: nn.Module, mode: str, latents: torch.Tensor, labels: torch.Tensor, device: str,
-                   reference: bool) -> Callable[[], Any]:
-    """One guided denoising step of the batch (inference), or one diffusion training step."""
+                   reference: bool, wrap: Callable[[Any], Any] | None = None) -> Callable[[], Any]:
+    """One guided denoising step of the batch (inference), or one diffusion training step; `wrap` (torch.compile)
+    applies to what the step calls: the guided forward in inference (compiling the module alone would leave
+    `forward_with_cfg`, reached through the wrapper's attribute lookup, running the eager module), the module
+    in training."""
+    wrap = wrap or (lambda fn: fn)
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else torch.autocast("cpu", enabled=False)
     )
@@ -325,19 +329,21 @@ def _make_dit_step(model: nn.Module, mode: str, latents: torch.Tensor, labels: t
         model.eval()
         null = torch.full_like(labels, model.num_classes)
         x2, t2, y2 = torch.cat([latents, latents]), torch.cat([t, t]), torch.cat([labels, null])
+        guided = wrap(model.forward_with_cfg)
 
         def step() -> Any:
             with torch.inference_mode(), autocast, kernels.use_reference(reference):
-                return model.forward_with_cfg(x2, t2, y2, cfg_scale=4.0)
+                return guided(x2, t2, y2, cfg_scale=4.0)
 
         return step
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     noise = torch.randn_like(latents)
+    forward = wrap(model)
 
     def train_step() -> Any:
         with autocast, kernels.use_reference(reference):
-            loss = F.mse_loss(model(latents + noise, t, labels)[:, : latents.shape[1]].float(), noise)
+            loss = F.mse_loss(forward(latents + noise, t, labels)[:, : latents.shape[1]].float(), noise)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -350,7 +356,7 @@ def _dit_contestants(cfg: BenchConfig, resolution: int, mode: str, latents, labe
     from ..models import create_model
 
     out = []
-    wraps = [("", lambda m: m)] * (cfg.compile_mode in ("off", "both"))
+    wraps = [("", None)] * (cfg.compile_mode in ("off", "both"))
     wraps += [("_compiled", torch.compile)] * (cfg.compile_mode in ("on", "both"))
     names = [("wfm_ref", cfg.model, True)] if cfg.include_reference else []
     for suffix, wrap in wraps:
@@ -358,8 +364,8 @@ def _dit_contestants(cfg: BenchConfig, resolution: int, mode: str, latents, labe
     for name, model_name, reference, *wrap in names:
         model = create_model(model_name, input_size=resolution, num_classes=cfg.num_classes, **cfg.model_kwargs)
         model = model.to(cfg.device)
-        model = wrap[0](model) if wrap else model
-        out.append(_Contestant(name, _make_dit_step(model, mode, latents, labels, cfg.device, reference)))
+        step = _make_dit_step(model, mode, latents, labels, cfg.device, reference, wrap[0] if wrap else None)
+        out.append(_Contestant(name, step))
     return out
 
 
