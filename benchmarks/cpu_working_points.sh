@@ -7,7 +7,8 @@
 #   (S/2 guided sampling at latent 128, batch 32; not in the default set: ~15 min; its training step at batch 32
 #   needs more memory than 24 GiB), dit-base64 (B/2 guided sampling at latent 64, batch 32; not in the default set),
 #   dit-compiled (S/2 and B/2 at latent 32 compiled against compiled; not in the default set), dit-compiled64
-#   (S/2 at latent 64 compiled against compiled, batch 32; not in the default set: ~25 min).
+#   (S/2 at latent 64 compiled against compiled, batch 32; not in the default set: ~12 min), dit-compiled-large
+#   (compiled guided sampling, batch 32: B/2 at latent 64 and S/2 at 128; not in the default set: ~30 min).
 # EXTRA="--system-malloc" adds arguments to every command (that one: glibc's malloc defaults instead of keeping
 # freed memory for reuse, see weightformer.kernels.reuse_freed_cpu_memory).
 # Each command writes OUTDIR/NAME.{json,png} (every timed round, the machine, the command) and prints its table;
@@ -52,10 +53,13 @@ for part in $only; do
       bench cpu_dit_base_32_b32_compiled --task generation --model base --resolutions 32 --base-batch 32 --compile on --rounds 2 --warmup 1 ;;
     dit-compiled64)  # torch.compile against torch.compile, S/2 at latent 64, batch 32 (not in the default set)
       bench cpu_dit_small_64_b32_compiled --task generation --model small --resolutions 64 --base-batch 32 --compile on --rounds 2 --warmup 1 ;;
+    dit-compiled-large)  # compiled against compiled, guided sampling only (the training steps need more than 24 GiB)
+      bench cpu_dit_base_64_b32_compiled --task generation --model base --resolutions 64 --base-batch 32 --modes inference --compile on --rounds 2 --warmup 1
+      bench cpu_dit_small_128_b32_compiled --task generation --model small --resolutions 128 --base-batch 32 --modes inference --compile on --rounds 1 --warmup 1 ;;
     dit128)
       bench cpu_dit_small_128_b32 --task generation --model small --resolutions 128 --base-batch 32 --modes inference --rounds 1 --warmup 1 ;;
     dit-base64)  # B/2 guided sampling at latent 64, batch 32 (not in the default set: ~10 min; its training step needs more than 24 GiB)
       bench cpu_dit_base_64_b32 --task generation --model base --resolutions 64 --base-batch 32 --modes inference --rounds 2 --warmup 1 ;;
-    *) echo "unknown part $part (cls cls-onednn compiled compiled-onednn normalized dit dit-compiled dit-compiled64 dit128 dit-base64)" >&2; exit 2 ;;
+    *) echo "unknown part $part (cls cls-onednn compiled compiled-onednn normalized dit dit-compiled dit-compiled64 dit-compiled-large dit128 dit-base64)" >&2; exit 2 ;;
   esac
 done
