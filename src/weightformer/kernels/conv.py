@@ -11,11 +11,15 @@ the dynamic convs' predictors that covers nearly the whole network.
 Here, while torch.compile traces for CPU, a convolution runs as the custom op `weightformer::conv2d`: the same
 F.conv2d (the same oneDNN kernels, which inductor calls as extern kernels anyway), its backward
 aten.convolution_backward, but not an aten.convolution node, so the heuristic leaves the tokens as they are.
-Measured on the idle 2-core AMD EPYC of benchmarks/RESULTS.md (2 threads, fp32, one compiled training step at
-batch 16, `benchmarks/GENERATION.md`): WeightFormer-DiT-S/2 at latent 32 1.98 s with aten.convolution, 1.67 s
-with the custom op; WeightFormer-T at 224², batch 32: 1.02 s and 0.87 s.
+On the idle 2-core AMD EPYC of benchmarks/RESULTS.md (`benchmarks/cpu_working_points.sh`, 2 threads, fp32,
+separate runs before and after): compiled WeightFormer-T trains at 224² at 33.99 images/s instead of 25.35, and
+compiled WeightFormer-DiT-S/2 at latent 32, batch 32, at 10.28 latents/s instead of 7.33 (GENERATION.md).
 
-Eager mode, exporting, other devices and CPU autocast get F.conv2d itself.
+The models' patch embeddings stay nn.Conv2d: as the first op of the graph they pull no token map into the
+heuristic, whose propagation stops at the last convolution. Eager mode, exporting and CPU autocast (which casts
+F.conv2d's operands, as the op would not) get F.conv2d itself, and so does CUDA, where the depthwise convs are
+Triton ops and inductor's heuristic has further conditions: whether the predictors' 1x1 convs switch it on there
+is not measured (no GPU here).
 """
 
 from __future__ import annotations
