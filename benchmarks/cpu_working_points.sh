@@ -6,6 +6,7 @@
 #   *_normalized variants), dit (WeightFormer-DiT-S/2 at latent 32 and 64, B/2 at 32, batch 32), dit128
 #   (S/2 guided sampling at latent 128, batch 32; not in the default set: ~15 min; its training step at batch 32
 #   needs more memory than 24 GiB), dit-base64 (B/2 guided sampling at latent 64, batch 32; not in the default set),
+#   dit-base128 (B/2 guided sampling at latent 128, batch 32; not in the default set: ~45 min),
 #   dit-compiled (S/2 and B/2 at latent 32 compiled against compiled; not in the default set), dit-compiled64
 #   (S/2 at latent 64 compiled against compiled, batch 32; not in the default set: ~12 min), dit-compiled-large
 #   (compiled guided sampling, batch 32: B/2 at latent 64 and S/2 at 128; not in the default set: ~30 min).
@@ -58,8 +59,10 @@ for part in $only; do
       bench cpu_dit_small_128_b32_compiled --task generation --model small --resolutions 128 --base-batch 32 --modes inference --compile on --rounds 1 --warmup 1 ;;
     dit128)
       bench cpu_dit_small_128_b32 --task generation --model small --resolutions 128 --base-batch 32 --modes inference --rounds 1 --warmup 1 ;;
+    dit-base128)  # B/2 guided sampling at latent 128, batch 32 (its training step needs more than 24 GiB)
+      bench cpu_dit_base_128_b32 --task generation --model base --resolutions 128 --base-batch 32 --modes inference --rounds 1 --warmup 1 ;;
     dit-base64)  # B/2 guided sampling at latent 64, batch 32 (not in the default set: ~10 min; its training step needs more than 24 GiB)
       bench cpu_dit_base_64_b32 --task generation --model base --resolutions 64 --base-batch 32 --modes inference --rounds 2 --warmup 1 ;;
-    *) echo "unknown part $part (cls cls-onednn compiled compiled-onednn normalized dit dit-compiled dit-compiled64 dit-compiled-large dit128 dit-base64)" >&2; exit 2 ;;
+    *) echo "unknown part $part (cls cls-onednn compiled compiled-onednn normalized dit dit-compiled dit-compiled64 dit-compiled-large dit128 dit-base64 dit-base128)" >&2; exit 2 ;;
   esac
 done
