@@ -34,6 +34,7 @@ def test_bench_command_writes_a_consistent_table_json_and_plot(tmp_path, capsys)
         assert r["batch"] == BenchConfig(base_batch=1).batch_for(res) and len(r["times_s"]) == 2
         assert r["median_s"] == pytest.approx(statistics.median(r["times_s"]))
         assert r["images_per_s"] == pytest.approx(r["batch"] / r["median_s"])
+        assert len(r["minor_faults"]) == 2 and all(isinstance(f, int) and f >= 0 for f in r["minor_faults"])
     for res in (96, 224):
         for c in names:  # a training step (forward, backward, AdamW) costs more time and memory than inference
             train, infer = rows[(res, "train", c)], rows[(res, "inference", c)]
@@ -54,6 +55,23 @@ def test_bench_command_writes_a_consistent_table_json_and_plot(tmp_path, capsys)
     assert results["environment"]["torch"] and results["config"]["model"] == "weightformer_tiny"
     assert results["command"].startswith("weightformer ")
     assert (tmp_path / "run.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_timed_steps_count_the_fresh_pages_they_touch():
+    import mmap
+
+    from weightformer.analysis.bench import _timed
+
+    size = 64 * 2**20
+
+    def touch_fresh_pages():  # an anonymous mapping, not malloc: new pages whatever the allocator keeps
+        with mmap.mmap(-1, size) as buffer:
+            for offset in range(0, size, mmap.PAGESIZE):
+                buffer[offset] = 1
+
+    seconds, faults = _timed(touch_fresh_pages, "cpu")
+    assert seconds > 0 and faults >= size // 2**21  # at least one per 2 MiB (a transparent huge page maps that)
+    assert _timed(lambda: None, "cpu")[1] < 100
 
 
 def test_generation_bench_times_weightformer_dit_against_dit_with_sdpa(capsys):
@@ -107,6 +125,25 @@ def test_compiled_generation_bench_compiles_what_each_step_runs(monkeypatch):
         (m, c) for m in ("inference", "train") for c in ("wfm_compiled", "dit_compiled")}
     # every timed step of both contestants ran a compiled graph (profiled step included: >= 2 per contestant)
     assert compiled_calls["inference"] >= 4 and compiled_calls["train"] >= 4, compiled_calls
+
+
+def test_checkpoint_activations_trains_every_contestant_with_less_memory(capsys):
+    # Both contestants keep only their blocks' inputs: each one's step peak falls against the same run without.
+    def peaks(checkpoint: bool) -> dict[str, float]:
+        cfg = BenchConfig(task="generation", model="weightformer_dit_s_2", resolutions=[16], base_batch=4, rounds=1,
+                          warmup=0, threads=1, include_reference=False, num_classes=10, modes=("train",),
+                          model_kwargs=dict(hidden_size=32, depth=6), checkpoint_activations=checkpoint)
+        results = run_bench(cfg, log=lambda line: None)
+        if checkpoint:
+            assert "trains with activation checkpointing" in format_results(results)
+        return {r["contestant"]: r["peak_memory_mb"] for r in results["rows"]}
+
+    off, on = peaks(False), peaks(True)
+    assert set(on) == set(off) == {"wfm", "dit"}
+    for name in on:
+        assert 0 < on[name] < 0.75 * off[name], (name, on[name], off[name])
+    argv = ["bench", "--grad-checkpointing", "--checkpoint-activations", "-o", "x"]
+    assert main(argv) == 2 and "--checkpoint-activations does not apply" in capsys.readouterr().err
 
 
 # -- `weightformer bench --grad-checkpointing` ---------------------------------------------------------------

@@ -145,7 +145,7 @@ def run_checkpointing_bench(cfg: BenchConfig, log: Callable[[str], None] = print
         times: dict[bool, list[float]] = {enable: [] for enable in steps}
         for _ in range(cfg.rounds):
             for enable, step in steps.items():
-                times[enable].append(_timed(step, cfg.device))
+                times[enable].append(_timed(step, cfg.device)[0])
         for enable in steps:
             row = dict(resolution=resolution, batch=len(inputs), grad_checkpointing=enable,
                        activations_mb=memory[enable][0], peak_memory_mb=memory[enable][1],

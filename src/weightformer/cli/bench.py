@@ -64,6 +64,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "generation on CPU, 20 on CUDA)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per contestant (default 2)")
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    parser.add_argument(
+        "--checkpoint-activations", action="store_true",
+        help="train every contestant (WeightFormer and baseline alike) with activation checkpointing, for working "
+        "points whose activations do not fit in memory otherwise; inference is unchanged",
+    )
     add_system_malloc(parser)
     add_output(parser, "output prefix: writes PREFIX.json and PREFIX.png", default="bench", metavar="PREFIX")
     parser.add_argument(
@@ -76,6 +81,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.grad_checkpointing and args.checkpoint_activations:
+        raise ValueError("--grad-checkpointing compares training with and without checkpointing; "
+                         "--checkpoint-activations does not apply to it.")
     cfg = _config(args)
     out = Path(args.output)
     json_path, png_path = out.with_name(out.name + ".json"), out.with_name(out.name + ".png")
@@ -123,6 +131,7 @@ def _config(args: argparse.Namespace) -> BenchConfig:
         device=device,
         threads=args.threads,
         reuse_cpu_memory=not args.system_malloc,
+        checkpoint_activations=args.checkpoint_activations,
     )
 
 
