@@ -12,7 +12,9 @@
 #   (compiled guided sampling, batch 32: B/2 at latent 64 and S/2 at 128; not in the default set: ~30 min),
 #   dit-checkpointed (B/2 training at latent 64, batch 32, every contestant with activation checkpointing: without
 #   it the step needs more than 24 GiB; not in the default set: ~12 min), dit128-checkpointed (S/2 training at
-#   latent 128, batch 32, the same way; not in the default set: ~25 min).
+#   latent 128, batch 32, the same way; not in the default set: ~25 min), dit-base64-both (B/2 guided sampling at
+#   latent 64, batch 32, eager and compiled in one run, 3 warm-up steps: compiled graphs' allocations take
+#   several steps to settle; not in the default set: ~25 min).
 # EXTRA="--system-malloc" adds arguments to every command (that one: glibc's malloc defaults instead of keeping
 # freed memory for reuse, see weightformer.kernels.reuse_freed_cpu_memory).
 # Each command writes OUTDIR/NAME.{json,png} (every timed round, the machine, the command) and prints its table;
@@ -68,8 +70,10 @@ for part in $only; do
       bench cpu_dit_base_64_b32 --task generation --model base --resolutions 64 --base-batch 32 --modes inference --rounds 2 --warmup 1 ;;
     dit-checkpointed)  # training where batch 32's activations exceed 24 GiB: WeightFormer-DiT and DiT both recompute theirs
       bench cpu_dit_base_64_b32_train_checkpointed --task generation --model base --resolutions 64 --base-batch 32 --modes train --checkpoint-activations --rounds 2 --warmup 1 ;;
+    dit-base64-both)  # eager and compiled sampling side by side: which is faster once every allocation has settled
+      bench cpu_dit_base_64_b32_eager_and_compiled --task generation --model base --resolutions 64 --base-batch 32 --modes inference --compile both --rounds 2 --warmup 3 ;;
     dit128-checkpointed)
       bench cpu_dit_small_128_b32_train_checkpointed --task generation --model small --resolutions 128 --base-batch 32 --modes train --checkpoint-activations --rounds 1 --warmup 0 ;;
-    *) echo "unknown part $part (cls cls-onednn compiled compiled-onednn normalized dit dit-compiled dit-compiled64 dit-compiled-large dit128 dit-base64 dit-base128 dit-checkpointed dit128-checkpointed)" >&2; exit 2 ;;
+    *) echo "unknown part $part (cls cls-onednn compiled compiled-onednn normalized dit dit-compiled dit-compiled64 dit-compiled-large dit128 dit-base64 dit-base128 dit-checkpointed dit128-checkpointed dit-base64-both)" >&2; exit 2 ;;
   esac
 done
