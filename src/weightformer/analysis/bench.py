@@ -245,18 +245,22 @@ def _peak_memory_mb(step: Callable[[], Any], device: str) -> float:
 
 
 def cpu_memory_deltas(prof: profile) -> list[tuple[float, int]]:
-    """(time, bytes allocated or freed) from a torch.profiler run with profile_memory=True, in time order.
+    """(time, bytes allocated or freed) of every CPU allocation and free a torch.profiler run with profile_memory=True
+    saw, in time order; time in microseconds from the trace's start, as the profiler's events' `time_range`.
 
-    CPU has no allocator statistics, but PyTorch's CPU allocator reports every allocation and free to the
-    profiler: each op's own allocations, and the frees (the "[memory]" events outside ops). Their running sum is
-    the memory allocated since the profiler started.
+    CPU has no allocator statistics, but PyTorch's CPU allocator reports every allocation and free to the profiler.
+    These are its raw records, one per allocation or free, not the per-op sums of `prof.events()`: an op's self
+    memory nets out what it allocates and frees inside itself, so a compiled graph, one op to the profiler,
+    would show only what it returns (or, in training, what it keeps for the backward pass), never its peak.
+    Their running sum is the memory allocated since the profiler started.
     """
-    deltas = []
-    for event in prof.events():
-        delta = event.cpu_memory_usage if event.name == "[memory]" else event.self_cpu_memory_usage
-        if delta:
-            deltas.append((event.time_range.start, delta))
-    deltas.sort(key=lambda d: d[0])
+    results = prof.profiler.kineto_results
+    start = results.trace_start_ns()
+    cpu = (torch._C._autograd.DeviceType.CPU, torch._C._autograd.DeviceType.MKLDNN,
+           torch._C._autograd.DeviceType.IDEEP)
+    deltas = [((event.start_ns() - start) / 1e3, event.nbytes()) for event in results.events()
+              if event.name() == "[memory]" and event.device_type() in cpu and event.nbytes()]
+    deltas.sort(key=lambda d: d[0])  # stable: records at the same instant keep the order they were made in
     return deltas
 
 
