@@ -85,3 +85,49 @@ def test_gelu_linear_stores_one_hidden_activation_less():
     activation_bytes = hidden.numel() * hidden.element_size()
     difference = _saved_bytes(_reference, hidden, weight, bias) - _saved_bytes(gelu_linear, hidden, weight, bias)
     assert difference == activation_bytes
+
+
+# -- under torch.compile on CPU: the custom op weightformer::onednn_gelu_linear ----------------------------------
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("hidden_grad", [True, False])
+def test_compiled_gelu_linear_op_matches_a_float64_reference(with_bias, hidden_grad):
+    torch.manual_seed(0)
+    hidden = torch.randn(3, 5, 7, 13, requires_grad=hidden_grad)
+    weight = torch.randn(11, 13, requires_grad=True)
+    bias = torch.randn(11, requires_grad=True) if with_bias else None
+    inputs = [t for t in (hidden, weight, bias) if t is not None and t.requires_grad]
+    out = torch.ops.weightformer.onednn_gelu_linear(hidden, weight, bias)
+    grad_out = torch.randn_like(out)
+    grads = torch.autograd.grad(out, inputs, grad_out)
+    as64 = {id(t): t.detach().double().requires_grad_(t.requires_grad) for t in (hidden, weight, bias) if t is not None}
+    reference = _reference(as64[id(hidden)], as64[id(weight)], None if bias is None else as64[id(bias)])
+    reference_grads = torch.autograd.grad(reference, [as64[id(t)] for t in inputs], grad_out.double())
+    torch.testing.assert_close(out.double(), reference, rtol=1e-5, atol=1e-5)
+    for g, r in zip(grads, reference_grads, strict=True):
+        torch.testing.assert_close(g.double(), r, rtol=1e-5, atol=1e-5)
+    torch.library.opcheck(torch.ops.weightformer.onednn_gelu_linear.default, (hidden, weight, bias))
+
+
+def test_compiled_gelu_linear_keeps_only_the_hidden_activation_for_the_backward_pass():
+    # Inductor's partitioner (here without code generation) would keep GELU(h) too if the op read it in backward.
+    torch.manual_seed(0)
+    x = torch.randn(2, 9, 12, requires_grad=True)
+    w1, w2, b2 = torch.randn(40, 12), torch.randn(6, 40, requires_grad=True), torch.randn(6, requires_grad=True)
+
+    def mlp(x):
+        return gelu_linear(F.linear(x, w1), w2, b2)  # h = x W1^T is made inside the graph
+
+    saved = []
+    torch._dynamo.reset()
+    compiled = torch.compile(mlp, backend="aot_eager_decomp_partition", fullgraph=True)
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = compiled(x)
+    hidden_sized = [t for t in saved if t.numel() == 2 * 9 * 40]  # (2, 9, 40) or flattened
+    assert len(hidden_sized) == 1, [tuple(t.shape) for t in saved]  # h, not GELU(h) besides
+    grads = torch.autograd.grad(out.sum(), (x, w2, b2))
+    x64, w2_64, b2_64 = (t.detach().double().requires_grad_() for t in (x, w2, b2))
+    reference = _reference(F.linear(x64, w1.double()), w2_64, b2_64)
+    for g, r in zip(grads, torch.autograd.grad(reference.sum(), (x64, w2_64, b2_64)), strict=True):
+        torch.testing.assert_close(g.double(), r, rtol=1e-5, atol=1e-5)
