@@ -12,7 +12,8 @@
 #   (compiled guided sampling, batch 32: B/2 at latent 64 and S/2 at 128; not in the default set: ~30 min),
 #   dit-checkpointed (B/2 training at latent 64, batch 32, every contestant with activation checkpointing: without
 #   it the step needs more than 24 GiB; not in the default set: ~12 min), dit128-checkpointed (S/2 training at
-#   latent 128, batch 32, the same way; not in the default set: ~25 min), dit-base64-both (B/2 guided sampling at
+#   latent 128, batch 32, the same way; needs more than 24 GiB even so: ~0.53 GiB per latent for either model,
+#   killed by the OOM killer on the 23.5 GiB machine), dit-base64-both (B/2 guided sampling at
 #   latent 64, batch 32, eager and compiled in one run, 3 warm-up steps: compiled graphs' allocations take
 #   several steps to settle; not in the default set: ~25 min).
 # EXTRA="--system-malloc" adds arguments to every command (that one: glibc's malloc defaults instead of keeping
