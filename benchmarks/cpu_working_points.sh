@@ -15,7 +15,8 @@
 #   latent 128, batch 32, the same way; needs more than 24 GiB even so: ~0.53 GiB per latent for either model,
 #   killed by the OOM killer on the 23.5 GiB machine), dit-base64-both (B/2 guided sampling at
 #   latent 64, batch 32, eager and compiled in one run, 3 warm-up steps: compiled graphs' allocations take
-#   several steps to settle; not in the default set: ~25 min).
+#   several steps to settle; not in the default set: ~25 min), dit-compiled128 (S/2 compiled guided sampling at
+#   latent 128, batch 32, 3 warm-up steps; not in the default set: ~25 min).
 # EXTRA="--system-malloc" adds arguments to every command (that one: glibc's malloc defaults instead of keeping
 # freed memory for reuse, see weightformer.kernels.reuse_freed_cpu_memory).
 # Each command writes OUTDIR/NAME.{json,png} (every timed round, the machine, the command) and prints its table;
@@ -60,7 +61,8 @@ for part in $only; do
       bench cpu_dit_base_32_b32_compiled --task generation --model base --resolutions 32 --base-batch 32 --compile on --rounds 2 --warmup 1 ;;
     dit-compiled64)  # torch.compile against torch.compile, S/2 at latent 64, batch 32 (not in the default set)
       bench cpu_dit_small_64_b32_compiled --task generation --model small --resolutions 64 --base-batch 32 --compile on --rounds 2 --warmup 1 ;;
-    dit-compiled-large)  # compiled against compiled, guided sampling only (the training steps need more than 24 GiB)
+    dit-compiled-large)  # compiled against compiled, guided sampling only (the training steps need more than 24 GiB);
+      # one warm-up step leaves the compiled graphs' heap unsettled (page faults in the timed steps): see dit-base64-both, dit-compiled128
       bench cpu_dit_base_64_b32_compiled --task generation --model base --resolutions 64 --base-batch 32 --modes inference --compile on --rounds 2 --warmup 1
       bench cpu_dit_small_128_b32_compiled --task generation --model small --resolutions 128 --base-batch 32 --modes inference --compile on --rounds 1 --warmup 1 ;;
     dit128)
@@ -73,8 +75,10 @@ for part in $only; do
       bench cpu_dit_base_64_b32_train_checkpointed --task generation --model base --resolutions 64 --base-batch 32 --modes train --checkpoint-activations --rounds 2 --warmup 1 ;;
     dit-base64-both)  # eager and compiled sampling side by side: which is faster once every allocation has settled
       bench cpu_dit_base_64_b32_eager_and_compiled --task generation --model base --resolutions 64 --base-batch 32 --modes inference --compile both --rounds 2 --warmup 3 ;;
+    dit-compiled128)  # compiled S/2 guided sampling at latent 128 with its allocations settled (3 warm-up steps; ~25 min)
+      bench cpu_dit_small_128_b32_compiled_settled --task generation --model small --resolutions 128 --base-batch 32 --modes inference --compile on --rounds 1 --warmup 3 ;;
     dit128-checkpointed)
       bench cpu_dit_small_128_b32_train_checkpointed --task generation --model small --resolutions 128 --base-batch 32 --modes train --checkpoint-activations --rounds 1 --warmup 0 ;;
-    *) echo "unknown part $part (cls cls-onednn compiled compiled-onednn normalized dit dit-compiled dit-compiled64 dit-compiled-large dit128 dit-base64 dit-base128 dit-checkpointed dit128-checkpointed dit-base64-both)" >&2; exit 2 ;;
+    *) echo "unknown part $part (cls cls-onednn compiled compiled-onednn normalized dit dit-compiled dit-compiled64 dit-compiled-large dit128 dit-base64 dit-base128 dit-checkpointed dit128-checkpointed dit-base64-both dit-compiled128)" >&2; exit 2 ;;
   esac
 done
