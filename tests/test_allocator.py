@@ -10,16 +10,22 @@ import pytest
 
 from weightformer.kernels.allocator import _glibc
 
-_SCRIPT = textwrap.dedent(
+# Page faults taken while allocating, writing and freeing a tensor of `floats` values `times` times.
+_CHURN = textwrap.dedent(
     """
     import resource, torch
-    from weightformer.kernels import freed_cpu_memory_reused, reuse_freed_cpu_memory
 
-    def faults_of_churn(floats=16 << 20):
+    def faults_of_churn(floats=16 << 20, times=5):
         start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        for _ in range(5):
-            torch.ones(floats)  # 64 MiB, written: every page touched, freed at once
+        for _ in range(times):
+            torch.ones(floats)  # (64 MiB by default) written: every page touched, freed at once
         return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start
+    """
+)
+
+_SCRIPT = _CHURN + textwrap.dedent(
+    """
+    from weightformer.kernels import freed_cpu_memory_reused, reuse_freed_cpu_memory
 
     torch.ones(1)
     default = faults_of_churn()
@@ -49,21 +55,15 @@ def test_reused_memory_takes_no_page_faults_and_the_defaults_come_back():
     assert restored > pages // 2
 
 
-_LARGE_SCRIPT = textwrap.dedent(
+_LARGE_SCRIPT = _CHURN + textwrap.dedent(
     """
-    import resource, sys, torch
+    import sys
     from weightformer.kernels import reuse_freed_cpu_memory
-
-    def faults_of_churn(floats):
-        start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        for _ in range(3):
-            torch.ones(floats)  # written: every page touched, freed at once
-        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start
 
     assert reuse_freed_cpu_memory()
     floats = int(sys.argv[1])
-    faults_of_churn(floats)  # the heap grows (once or twice) to hold the block
-    print(faults_of_churn(floats))
+    faults_of_churn(floats, times=3)  # the heap grows (once or twice) to hold the block
+    print(faults_of_churn(floats, times=3))
     """
 )
 

@@ -259,9 +259,14 @@ def _onednn_linear_setup(ctx, inputs, output):
     ctx.has_bias = bias is not None
 
 
+def _wanted_grads(ctx) -> tuple[bool, bool, bool]:
+    """Which of (input, weight, bias) gradients a linear custom op's backward must compute."""
+    return ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]
+
+
 def _onednn_linear_backward(ctx, grad):
     x, weight = ctx.saved_tensors
-    wanted = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2])
+    wanted = _wanted_grads(ctx)
     grads = torch.ops.weightformer.onednn_linear_backward(grad, x, weight, *wanted)
     return tuple(g if want else None for g, want in zip(grads, wanted, strict=True))
 
@@ -291,7 +296,7 @@ def _onednn_gelu_linear_backward(ctx, grad):
     """GELU(h) recomputed, the linear layer's gradients on oneDNN, then GELU's: under torch.compile the GELU and its
     derivative here are the backward graph's own (inductor's) kernels, reading the saved h."""
     hidden, weight = ctx.saved_tensors
-    wanted = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2])
+    wanted = _wanted_grads(ctx)
     grad_act, grad_weight, grad_bias = torch.ops.weightformer.onednn_linear_backward(
         grad, F.gelu(hidden), weight, *wanted)
     grad_hidden = torch.ops.aten.gelu_backward(grad_act, hidden) if wanted[0] else None
