@@ -12,8 +12,8 @@
 #   (compiled guided sampling, batch 32: B/2 at latent 64 and S/2 at 128; not in the default set: ~30 min),
 #   dit-checkpointed (B/2 training at latent 64, batch 32, every contestant with activation checkpointing: without
 #   it the step needs more than 24 GiB; not in the default set: ~12 min), dit128-checkpointed (S/2 training at
-#   latent 128, batch 32, the same way; needs more than 24 GiB even so: ~0.53 GiB per latent for either model,
-#   killed by the OOM killer on the 23.5 GiB machine), dit-base64-both (B/2 guided sampling at
+#   latent 128, batch 32, the same way, with glibc's malloc defaults: kept for reuse, the freed blocks of the
+#   recomputed blocks fragment the heap past 23 GiB, while the step's tensors peak at ~8 GiB; ~20 min), dit-base64-both (B/2 guided sampling at
 #   latent 64, batch 32, eager and compiled in one run, 3 warm-up steps: compiled graphs' allocations take
 #   several steps to settle; not in the default set: ~25 min), dit-compiled128 (S/2 compiled guided sampling at
 #   latent 128, batch 32, 3 warm-up steps; not in the default set: ~25 min).
@@ -78,7 +78,7 @@ for part in $only; do
     dit-compiled128)  # compiled S/2 guided sampling at latent 128 with its allocations settled (3 warm-up steps; ~25 min)
       bench cpu_dit_small_128_b32_compiled_settled --task generation --model small --resolutions 128 --base-batch 32 --modes inference --compile on --rounds 1 --warmup 3 ;;
     dit128-checkpointed)
-      bench cpu_dit_small_128_b32_train_checkpointed --task generation --model small --resolutions 128 --base-batch 32 --modes train --checkpoint-activations --rounds 1 --warmup 0 ;;
+      bench cpu_dit_small_128_b32_train_checkpointed --task generation --model small --resolutions 128 --base-batch 32 --modes train --checkpoint-activations --rounds 1 --warmup 0 --system-malloc ;;
     *) echo "unknown part $part (cls cls-onednn compiled compiled-onednn normalized dit dit-compiled dit-compiled64 dit-compiled-large dit128 dit-base64 dit-base128 dit-checkpointed dit128-checkpointed dit-base64-both dit-compiled128)" >&2; exit 2 ;;
   esac
 done
