@@ -18,6 +18,16 @@ Python starts, but a finite threshold is not enough: 2147483647 (the largest int
 above 2 GiB back to the OS at every free, which compiled WeightFormer-DiT-S/2 sampling at latent 128, batch 32,
 paid for with ~4.2 million page faults per step. Other allocators (jemalloc, tcmalloc, preloaded) cache by
 themselves; where the C library is not glibc, the function does nothing and says so.
+
+The price is fragmentation. glibc's heap cannot move a live block, so a free block between two live ones serves
+only requests that fit in it. Most steps free and reallocate the same sizes in the same order and reuse their
+holes, but activation checkpointing at large activations does not: each block's recomputed activations and
+gradients are allocated around the kept inputs and gradients of its neighbours. WeightFormer-DiT-S/2 training at
+latent 128, checkpointed, batch 8, peaked at 4.9 GiB resident with freed memory reused against 2.1 GiB with
+glibc's defaults (its tensors peak at ~2 GiB); at latent 64, batch 8, 1.29 against 1.10 GiB checkpointed and
+3.41 against 3.33 GiB without.
+Where memory, not time, is the limit, use glibc's defaults (`reuse_freed_cpu_memory(False)`), which pay for it in
+page faults (benchmarks/GENERATION.md).
 """
 
 from __future__ import annotations

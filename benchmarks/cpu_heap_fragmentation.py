@@ -1,0 +1,109 @@
+"""Resident memory of one WeightFormer-DiT training step with freed CPU memory kept for reuse and without.
+
+`weightformer.kernels.reuse_freed_cpu_memory()` keeps freed blocks in glibc's heap instead of returning them, so
+steps stop page-faulting their activations in. A heap cannot move live blocks, though, and where a step's
+allocations do not fit its earlier holes the heap grows past the tensors' own peak. This script measures that:
+each case runs in a fresh process (the heap starts empty), builds the model and AdamW, runs one training step
+(forward, MSE, backward, AdamW) and reports
+
+- **resident**: the process's peak resident memory (`ru_maxrss`) during the step, beyond what it had before it;
+- **tensors**: the peak of the tensor bytes the step allocates beyond what was allocated before it, from the
+  allocations and frees PyTorch reports to torch.profiler (a second step, profiled; the same as the bench's
+  memory column, so it includes the gradients, which are freed between steps).
+
+resident / tensors is the heap's overhead. It prints a table and writes OUT.json:
+
+    python benchmarks/cpu_heap_fragmentation.py --latents 64 128 --batch 8 --out benchmarks/cpu_heap_fragmentation
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+import torch
+
+from weightformer.analysis.bench import describe_environment, environment, load_average
+
+CASE = r"""
+import json, resource, sys
+import torch
+import torch.nn.functional as F
+from weightformer import kernels
+from weightformer.analysis.bench import _peak_memory_mb
+from weightformer.models import create_model, set_grad_checkpointing
+
+model_name, latent, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+checkpointed, reuse = sys.argv[4] == "1", sys.argv[5] == "1"
+torch.set_num_threads(int(sys.argv[6]))
+kernels.reuse_freed_cpu_memory(reuse)
+torch.manual_seed(0)
+model = create_model(model_name, input_size=latent, num_classes=1000)
+if checkpointed:
+    set_grad_checkpointing(model)
+optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+x = torch.randn(batch, 4, latent, latent)
+t, y = torch.randint(0, 1000, (batch,)), torch.randint(0, 1000, (batch,))
+
+def step():
+    F.mse_loss(model(x, t, y)[:, :4], x).backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+def resident_mib():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+before = resident_mib()
+step()
+resident = resident_mib() - before
+print(json.dumps(dict(resident_mib=resident, tensors_mib=_peak_memory_mb(step, "cpu"))))
+"""
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="weightformer_dit_s_2")
+    parser.add_argument("--latents", type=int, nargs="+", default=[64, 128])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default=None, help="write OUT.json")
+    args = parser.parse_args(argv)
+    if sys.platform != "linux":
+        parser.error("glibc's malloc settings are Linux-only")
+    load_at_start = load_average()
+    rows = []
+    header = (f"{'latent':>6} {'checkpointed':>12} {'memory':>7} {'resident MiB':>12} {'tensors MiB':>11} "
+              f"{'overhead':>8}")
+    print(f"{args.model}, one training step, batch {args.batch}, {args.threads} threads\n{header}")
+    for latent in args.latents:
+        for checkpointed in (False, True):
+            for reuse in (True, False):
+                argv_case = [args.model, latent, args.batch, int(checkpointed), int(reuse), args.threads]
+                done = subprocess.run([sys.executable, "-c", CASE, *map(str, argv_case)], capture_output=True,
+                                      text=True)
+                if done.returncode:
+                    raise SystemExit(f"case {argv_case} failed:\n{done.stderr[-2000:]}")
+                measured = json.loads(done.stdout.strip().splitlines()[-1])
+                row = dict(latent=latent, checkpointed=checkpointed, reuse_freed_memory=reuse, **measured,
+                           overhead=measured["resident_mib"] / measured["tensors_mib"])
+                rows.append(row)
+                print(f"{latent:>6} {str(checkpointed):>12} {'reused' if reuse else 'glibc':>7} "
+                      f"{row['resident_mib']:>12.0f} {row['tensors_mib']:>11.0f} {row['overhead']:>7.2f}x", flush=True)
+    torch.set_num_threads(args.threads)  # what the cases used, for the record
+    env = environment("cpu", load_at_start)
+    env["cpu_memory_reused"] = "per row"
+    print(describe_environment(env))
+    result = dict(model=args.model, batch=args.batch, threads=args.threads, environment=env, rows=rows,
+                  command=" ".join(["python benchmarks/cpu_heap_fragmentation.py", *(sys.argv[1:] if argv is None
+                                                                                     else argv)]))
+    if args.out:
+        with open(args.out + ".json", "w") as f:
+            json.dump(result, f, indent=1)
+        print(f"wrote {args.out}.json")
+    return result
+
+
+if __name__ == "__main__":
+    main()
