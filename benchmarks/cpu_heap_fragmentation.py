@@ -11,9 +11,13 @@ each case runs in a fresh process (the heap starts empty), builds the model and 
   allocations and frees PyTorch reports to torch.profiler (a second step, profiled; the same as the bench's
   memory column, so it includes the gradients, which are freed between steps).
 
-resident / tensors is the heap's overhead. It prints a table and writes OUT.json:
+resident / tensors is the heap's overhead. With --compile the model trains through torch.compile (the first,
+unprofiled step compiles it, so its resident column includes the compiler's own memory): the tensors column then
+shows how much of activation checkpointing's saving survives compilation. It prints a table and writes OUT.json:
 
     python benchmarks/cpu_heap_fragmentation.py --latents 64 128 --batch 8 --out benchmarks/cpu_heap_fragmentation
+    python benchmarks/cpu_heap_fragmentation.py --latents 32 --batch 8 --compile \
+        --out benchmarks/cpu_heap_fragmentation_compiled
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from weightformer.analysis.bench import _peak_memory_mb
 from weightformer.models import create_model, set_grad_checkpointing
 
 model_name, latent, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-checkpointed, reuse = sys.argv[4] == "1", sys.argv[5] == "1"
+checkpointed, reuse, compiled = sys.argv[4] == "1", sys.argv[5] == "1", sys.argv[7] == "1"
 torch.set_num_threads(int(sys.argv[6]))
 kernels.reuse_freed_cpu_memory(reuse)
 torch.manual_seed(0)
@@ -44,11 +48,12 @@ model = create_model(model_name, input_size=latent, num_classes=1000)
 if checkpointed:
     set_grad_checkpointing(model)
 optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+forward = torch.compile(model) if compiled else model
 x = torch.randn(batch, 4, latent, latent)
 t, y = torch.randint(0, 1000, (batch,)), torch.randint(0, 1000, (batch,))
 
 def step():
-    F.mse_loss(model(x, t, y)[:, :4], x).backward()
+    F.mse_loss(forward(x, t, y)[:, :4], x).backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
 
@@ -68,6 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--latents", type=int, nargs="+", default=[64, 128])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--compile", action="store_true", help="train through torch.compile (the first step compiles)")
     parser.add_argument("--out", default=None, help="write OUT.json")
     args = parser.parse_args(argv)
     if sys.platform != "linux":
@@ -76,11 +82,13 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     header = (f"{'latent':>6} {'checkpointed':>12} {'memory':>7} {'resident MiB':>12} {'tensors MiB':>11} "
               f"{'overhead':>8}")
-    print(f"{args.model}, one training step, batch {args.batch}, {args.threads} threads\n{header}")
+    how = ", compiled" if args.compile else ""
+    print(f"{args.model}, one training step{how}, batch {args.batch}, {args.threads} threads\n{header}")
     for latent in args.latents:
         for checkpointed in (False, True):
             for reuse in (True, False):
-                argv_case = [args.model, latent, args.batch, int(checkpointed), int(reuse), args.threads]
+                argv_case = [args.model, latent, args.batch, int(checkpointed), int(reuse), args.threads,
+                             int(args.compile)]
                 done = subprocess.run([sys.executable, "-c", CASE, *map(str, argv_case)], capture_output=True,
                                       text=True)
                 if done.returncode:
@@ -93,9 +101,10 @@ def main(argv: list[str] | None = None) -> dict:
                       f"{row['resident_mib']:>12.0f} {row['tensors_mib']:>11.0f} {row['overhead']:>7.2f}x", flush=True)
     torch.set_num_threads(args.threads)  # what the cases used, for the record
     env = environment("cpu", load_at_start)
-    env["cpu_memory_reused"] = "per row"
+    del env["cpu_memory_reused"]  # each row says which malloc settings its process had
     print(describe_environment(env))
-    result = dict(model=args.model, batch=args.batch, threads=args.threads, environment=env, rows=rows,
+    result = dict(model=args.model, batch=args.batch, threads=args.threads, compiled=args.compile, environment=env,
+                  rows=rows,
                   command=" ".join(["python benchmarks/cpu_heap_fragmentation.py", *(sys.argv[1:] if argv is None
                                                                                      else argv)]))
     if args.out:
