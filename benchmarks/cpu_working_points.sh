@@ -16,7 +16,8 @@
 #   recomputed blocks fragment the heap past 23 GiB, while the step's tensors peak at ~8 GiB; ~20 min),
 #   dit128-checkpointed-b16 (the same at batch 16, freed memory reused: the step without its page faults; ~15 min),
 #   dit-base64-compiled-checkpointed (B/2 training at latent 64, batch 32, checkpointed, compiled against compiled;
-#   2 warm-up steps; ~25 min), dit-base64-both (B/2 guided sampling at
+#   2 warm-up steps; passed 23 GiB in its first step on the 23.5 GiB machine: compiled, checkpointing saves far
+#   less, see GENERATION.md), dit-base64-both (B/2 guided sampling at
 #   latent 64, batch 32, eager and compiled in one run, 3 warm-up steps: compiled graphs' allocations take
 #   several steps to settle; not in the default set: ~25 min), dit-compiled128 (S/2 compiled guided sampling at
 #   latent 128, batch 32, 3 warm-up steps; not in the default set: ~25 min).
