@@ -9,6 +9,7 @@ shows this comparison detects.
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable
 
 import pytest
@@ -260,3 +261,16 @@ def test_the_engine_enables_checkpointing_from_the_config(tmp_path):
     assert not result["model"].grad_checkpointing
     with pytest.raises(ValueError, match="Linear does not support gradient checkpointing"):
         fit(NumbersTask(numbers_config(tmp_path / "unsupported", epochs=1, grad_checkpointing=True)))
+
+
+def test_the_engine_warns_that_compilation_loses_most_of_the_saving(tmp_path):
+    task = _CheckpointableNumbersTask(numbers_config(tmp_path / "compiled", epochs=1, grad_checkpointing=True,
+                                                     compile=True, compile_backend="eager"))
+    with pytest.warns(UserWarning, match="grad_checkpointing with compile"):
+        fit(task)
+    for name, overrides in (("eager", dict(grad_checkpointing=True)), ("plain", dict(compile=True,
+                                                                                  compile_backend="eager"))):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fit(_CheckpointableNumbersTask(numbers_config(tmp_path / name, epochs=1, **overrides)))
+        assert not [w for w in caught if "grad_checkpointing with compile" in str(w.message)]
