@@ -74,6 +74,7 @@ COMPILED_CHECKPOINTING_WARNING = (
     "frees in eager mode (WeightFormer-DiT-S/2's training step peaks 3.8x lower eager, 1.4x compiled). Where memory "
     "is the limit, train with compile off.")
 
+
 class Meter:
     """Running sums of the loss (and its named parts) over optimiser steps, for one log line or one epoch."""
 

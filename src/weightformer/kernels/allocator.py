@@ -22,12 +22,11 @@ themselves; where the C library is not glibc, the function does nothing and says
 The price is fragmentation. glibc's heap cannot move a live block, so a free block between two live ones serves
 only requests that fit in it. Most steps free and reallocate the same sizes in the same order and reuse their
 holes, but activation checkpointing at large activations does not: each block's recomputed activations and
-gradients are allocated around the kept inputs and gradients of its neighbours. WeightFormer-DiT-S/2 training at
-latent 128, checkpointed, batch 8, peaked at 4.9 GiB resident with freed memory reused against 2.1 GiB with
-glibc's defaults (its tensors peak at ~2 GiB); at latent 64, batch 8, 1.29 against 1.10 GiB checkpointed and
-3.41 against 3.33 GiB without.
-Where memory, not time, is the limit, use glibc's defaults (`reuse_freed_cpu_memory(False)`), which pay for it in
-page faults (benchmarks/GENERATION.md).
+gradients are allocated around the kept inputs and gradients of its neighbours. One WeightFormer-DiT-S/2 training
+step, checkpointed, batch 8, at latent 128: 4975 MiB resident with freed memory reused against 2055 MiB with
+glibc's defaults, for 2010 MiB of tensors; at latent 64, 1328 against 570 for 528; not checkpointed, within 6 %
+of its tensors either way (`benchmarks/cpu_heap_fragmentation.py`). Where memory, not time, is the limit, use
+glibc's defaults (`reuse_freed_cpu_memory(False)`), which pay for it in page faults (benchmarks/GENERATION.md).
 """
 
 from __future__ import annotations
