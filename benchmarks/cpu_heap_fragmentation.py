@@ -13,11 +13,14 @@ each case runs in a fresh process (the heap starts empty), builds the model and 
 
 resident / tensors is the heap's overhead. With --compile the model trains through torch.compile (the first,
 unprofiled step compiles it, so its resident column includes the compiler's own memory): the tensors column then
-shows how much of activation checkpointing's saving survives compilation. It prints a table and writes OUT.json:
+shows how much of activation checkpointing's saving survives compilation; --compile-scope blocks compiles each
+block on its own (`models.compile_blocks`) instead of the whole model. It prints a table and writes OUT.json:
 
     python benchmarks/cpu_heap_fragmentation.py --latents 64 128 --batch 8 --out benchmarks/cpu_heap_fragmentation
     python benchmarks/cpu_heap_fragmentation.py --latents 32 --batch 8 --compile \
         --out benchmarks/cpu_heap_fragmentation_compiled
+    python benchmarks/cpu_heap_fragmentation.py --latents 32 --batch 8 --compile --compile-scope blocks \
+        --out benchmarks/cpu_heap_fragmentation_compiled_blocks
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from weightformer import kernels
 from weightformer.analysis.bench import _peak_memory_mb
-from weightformer.models import create_model, set_grad_checkpointing
+from weightformer.models import compile_blocks, create_model, set_grad_checkpointing
 
 model_name, latent, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 checkpointed, reuse, compiled = sys.argv[4] == "1", sys.argv[5] == "1", sys.argv[7] == "1"
@@ -48,7 +51,9 @@ model = create_model(model_name, input_size=latent, num_classes=1000)
 if checkpointed:
     set_grad_checkpointing(model)
 optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-forward = torch.compile(model) if compiled else model
+forward = torch.compile(model) if compiled and sys.argv[8] == "model" else model
+if compiled and sys.argv[8] == "blocks":
+    compile_blocks(model)
 x = torch.randn(batch, 4, latent, latent)
 t, y = torch.randint(0, 1000, (batch,)), torch.randint(0, 1000, (batch,))
 
@@ -74,6 +79,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--compile", action="store_true", help="train through torch.compile (the first step compiles)")
+    parser.add_argument("--compile-scope", choices=["model", "blocks"], default="model",
+                        help="with --compile: the whole model as one graph, or each block on its own")
     parser.add_argument("--out", default=None, help="write OUT.json")
     args = parser.parse_args(argv)
     if sys.platform != "linux":
@@ -82,13 +89,13 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     header = (f"{'latent':>6} {'checkpointed':>12} {'memory':>7} {'resident MiB':>12} {'tensors MiB':>11} "
               f"{'overhead':>8}")
-    how = ", compiled" if args.compile else ""
+    how = f", compiled ({'whole model' if args.compile_scope == 'model' else 'block by block'})" if args.compile else ""
     print(f"{args.model}, one training step{how}, batch {args.batch}, {args.threads} threads\n{header}")
     for latent in args.latents:
         for checkpointed in (False, True):
             for reuse in (True, False):
                 argv_case = [args.model, latent, args.batch, int(checkpointed), int(reuse), args.threads,
-                             int(args.compile)]
+                             int(args.compile), args.compile_scope]
                 done = subprocess.run([sys.executable, "-c", CASE, *map(str, argv_case)], capture_output=True,
                                       text=True)
                 if done.returncode:
@@ -103,7 +110,8 @@ def main(argv: list[str] | None = None) -> dict:
     env = environment("cpu", load_at_start)
     del env["cpu_memory_reused"]  # each row says which malloc settings its process had
     print(describe_environment(env))
-    result = dict(model=args.model, batch=args.batch, threads=args.threads, compiled=args.compile, environment=env,
+    result = dict(model=args.model, batch=args.batch, threads=args.threads, compiled=args.compile,
+                  compile_scope=args.compile_scope if args.compile else None, environment=env,
                   rows=rows,
                   command=" ".join(["python benchmarks/cpu_heap_fragmentation.py", *(sys.argv[1:] if argv is None
                                                                                      else argv)]))

@@ -146,6 +146,32 @@ def test_compiled_generation_bench_compiles_what_each_step_runs(monkeypatch):
     assert compiled_calls["inference"] >= 4 and compiled_calls["train"] >= 4, compiled_calls
 
 
+def test_compiled_checkpointed_bench_compiles_block_by_block(monkeypatch):
+    # compile_scope "auto" with --checkpoint-activations: each block compiled on its own (models.compile_blocks),
+    # so the recomputation stays per block; nothing compiles the whole model or the guided forward.
+    compiled = []
+    real_compile = torch.compile
+
+    def recording_compile(fn, **kwargs):
+        compiled.append(fn)
+        return real_compile(fn, backend="eager", **kwargs)
+
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    cfg = BenchConfig(task="generation", model="weightformer_dit_s_2", resolutions=[8], base_batch=2, rounds=1,
+                      warmup=0, threads=1, include_reference=False, num_classes=10, compile_mode="on",
+                      modes=("train",), model_kwargs=dict(hidden_size=32, depth=2), checkpoint_activations=True)
+    assert cfg.compiles_blocks()
+    assert not BenchConfig(compile_scope="model", checkpoint_activations=True).compiles_blocks()
+    torch._dynamo.reset()
+    results = run_bench(cfg, log=lambda line: None)
+    owners = [type(getattr(fn, "__self__", None)).__name__ for fn in compiled]
+    assert owners == ["DiTBlock"] * 4, owners  # two blocks in each of the two contestants
+    assert results["config"]["compile_scope"] == "auto"
+    assert "compile block by block" in format_results(results)
+    with pytest.raises(ValueError, match="compile_scope must be"):
+        run_bench(BenchConfig(compile_scope="regional"), log=lambda line: None)
+
+
 def test_checkpoint_activations_trains_every_contestant_with_less_memory(capsys):
     # Both contestants keep only their blocks' inputs: each one's step peak falls against the same run without.
     def peaks(checkpoint: bool) -> dict[str, float]:

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 from .. import kernels
-from ..models import MODEL_CONFIGS, set_grad_checkpointing
+from ..models import MODEL_CONFIGS, compile_blocks, set_grad_checkpointing
 from .summary import DEIT_OF_WIDTH, format_table, macs_per_image
 
 __all__ = ["BenchConfig", "DEIT_OF", "DIT_OF", "run_bench", "use_onednn_linears", "format_results", "plot_results",
@@ -91,6 +91,9 @@ class BenchConfig:
             checkpointing on (`models.set_grad_checkpointing`): each training step then recomputes the blocks'
             activations in its backward pass. For working points whose activations do not fit in memory
             otherwise (WeightFormer-DiT-B/2 at latent 64, batch 32, on a 24 GiB machine); inference is unchanged.
+        compile_scope: what the compiled contestants compile: "model" (`torch.compile` of the whole model, one
+            graph), "blocks" (each block on its own, `models.compile_blocks`: the one way compiled training keeps
+            activation checkpointing's saving), "auto" (blocks with `checkpoint_activations`, else model).
     """
 
     model: str = "weightformer_tiny"
@@ -109,11 +112,20 @@ class BenchConfig:
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # generation: e.g. a smaller width for tests
     reuse_cpu_memory: bool = True
     checkpoint_activations: bool = False
+    compile_scope: str = "auto"
 
     def batch_for(self, resolution: int) -> int:
         if self.task == "generation":
             return self.base_batch
         return max(1, round(self.base_batch * (224 / resolution) ** 2))
+
+    def compiles_blocks(self) -> bool:
+        """Whether compiled contestants compile block by block (`compile_scope`, "auto" resolved)."""
+        return _compiles_blocks(self.compile_scope, self.checkpoint_activations)
+
+
+def _compiles_blocks(scope: str, checkpoint_activations: bool) -> bool:
+    return scope == "blocks" or (scope == "auto" and checkpoint_activations)
 
 
 def load_average() -> list[float] | None:
@@ -363,21 +375,30 @@ def _make_dit_step(model: nn.Module, mode: str, latents: torch.Tensor, labels: t
     return train_step
 
 
+def _compile_in_place(model: nn.Module) -> nn.Module:
+    compile_blocks(model)
+    return model
+
+
 def _dit_contestants(cfg: BenchConfig, resolution: int, mode: str, latents, labels) -> list[_Contestant]:
     from ..models import create_model
 
     out = []
-    wraps = [("", None)] * (cfg.compile_mode in ("off", "both"))
-    wraps += [("_compiled", torch.compile)] * (cfg.compile_mode in ("on", "both"))
-    names = [("wfm_ref", cfg.model, True)] if cfg.include_reference else []
-    for suffix, wrap in wraps:
-        names += [("wfm" + suffix, cfg.model, False, wrap), ("dit" + suffix, DIT_OF[cfg.model], False, wrap)]
-    for name, model_name, reference, *wrap in names:
+    wraps = [("", None, False)] * (cfg.compile_mode in ("off", "both"))
+    wraps += [("_compiled", None if cfg.compiles_blocks() else torch.compile, cfg.compiles_blocks())] * (
+        cfg.compile_mode in ("on", "both"))
+    names = [("wfm_ref", cfg.model, True, None, False)] if cfg.include_reference else []
+    for suffix, wrap, by_block in wraps:
+        names += [("wfm" + suffix, cfg.model, False, wrap, by_block),
+                  ("dit" + suffix, DIT_OF[cfg.model], False, wrap, by_block)]
+    for name, model_name, reference, wrap, by_block in names:
         model = create_model(model_name, input_size=resolution, num_classes=cfg.num_classes, **cfg.model_kwargs)
         if cfg.checkpoint_activations:
             set_grad_checkpointing(model)
         model = model.to(cfg.device)
-        step = _make_dit_step(model, mode, latents, labels, cfg.device, reference, wrap[0] if wrap else None)
+        if by_block:
+            compile_blocks(model)
+        step = _make_dit_step(model, mode, latents, labels, cfg.device, reference, wrap)
         out.append(_Contestant(name, step))
     return out
 
@@ -392,7 +413,8 @@ def _contestants(cfg: BenchConfig, resolution: int, mode: str, images, labels) -
     if cfg.include_reference:
         model = _build(cfg.model, resolution, cfg)
         out.append(_Contestant("wfm_ref", _make_step(model, mode, images, labels, cfg.device, reference=True)))
-    for suffix, wanted, wrap in (("", eager, lambda m: m), ("_compiled", compiled, torch.compile)):
+    compiler = _compile_in_place if cfg.compiles_blocks() else torch.compile
+    for suffix, wanted, wrap in (("", eager, lambda m: m), ("_compiled", compiled, compiler)):
         if not wanted:
             continue
         wfm = wrap(_build(cfg.model, resolution, cfg))
@@ -493,6 +515,8 @@ def prepare(cfg: BenchConfig) -> None:
     _check_models(cfg)
     if cfg.compile_mode not in ("off", "on", "both"):
         raise ValueError(f"compile_mode must be 'off', 'on' or 'both', got {cfg.compile_mode!r}.")
+    if cfg.compile_scope not in ("auto", "model", "blocks"):
+        raise ValueError(f"compile_scope must be 'auto', 'model' or 'blocks', got {cfg.compile_scope!r}.")
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but CUDA is not available.")
     patch, smallest = (2, 8) if cfg.task == "generation" else (16, 48)
@@ -566,6 +590,10 @@ def format_results(results: dict[str, Any]) -> str:
         text += ["baseline: DeiT's linear layers on oneDNN GEMMs, as WeightFormer's (--baseline-onednn)", ""]
     if results["config"].get("checkpoint_activations"):
         text += ["every contestant trains with activation checkpointing (--checkpoint-activations)", ""]
+    compiled_rows = any(r["contestant"].endswith("_compiled") for r in results["rows"])
+    scope = results["config"].get("compile_scope", "model")  # files from before the option compiled whole models
+    if compiled_rows and _compiles_blocks(scope, results["config"].get("checkpoint_activations", False)):
+        text += ["compiled contestants compile block by block (--compile-scope blocks)", ""]
     text += [format_table(["mode", "res", *keys], table), ""]
     names = list(dict.fromkeys(r["contestant"] for r in results["rows"]))
     index = {(r["resolution"], r["mode"], r["contestant"]): r for r in results["rows"]}

@@ -53,6 +53,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         choices=["off", "on", "both"],
         help="torch.compile (default: both on CUDA, off on CPU)",
     )
+    parser.add_argument(
+        "--compile-scope", choices=["auto", "model", "blocks"], default="auto",
+        help="what the compiled contestants compile: the whole model as one graph, or each block on its own (the "
+        "one way compiled training keeps activation checkpointing's saving); auto: blocks with "
+        "--checkpoint-activations, else model",
+    )
     parser.add_argument("--no-reference", action="store_true", help="skip WeightFormer's reference path")
     parser.add_argument(
         "--baseline-onednn", action="store_true",
@@ -132,6 +138,7 @@ def _config(args: argparse.Namespace) -> BenchConfig:
         threads=args.threads,
         reuse_cpu_memory=not args.system_malloc,
         checkpoint_activations=args.checkpoint_activations,
+        compile_scope=args.compile_scope,
     )
 
 

@@ -263,6 +263,9 @@ class EngineConfig:
     reuse_cpu_memory: bool = free(True)
     compile: bool = free(False)  # torch.compile the model for training
     compile_backend: str = free("inductor")  # torch.compile's backend ("inductor", "aot_eager", ...)
+    # What compile compiles: "model" (one graph, torch.compile(model)), "blocks" (each block on its own,
+    # models.compile_blocks: keeps grad_checkpointing's memory saving), "auto" (blocks with grad_checkpointing)
+    compile_scope: str = free("auto", choices=("auto", "model", "blocks"))
     workers: int = free(8, ge=0)
     pin_memory: bool = free(True)
 

@@ -1,6 +1,7 @@
 """WeightFormer models, registered with timm on import."""
 
 from .checkpoint import CheckpointMismatchError, load_checkpoint, read_state_dict
+from .compilation import compile_blocks
 from .dit import DIT_CONFIGS, WeightFormerDiT, dit_checkpoint_filter_fn, load_dit_checkpoint
 from .factory import create_model, create_model_from_checkpoint, list_models
 from .grad_checkpointing import set_grad_checkpointing
@@ -26,4 +27,5 @@ __all__ = [
     "dit_checkpoint_filter_fn",
     "load_dit_checkpoint",
     "set_grad_checkpointing",
+    "compile_blocks",
 ]
