@@ -593,7 +593,7 @@ def format_results(results: dict[str, Any]) -> str:
     compiled_rows = any(r["contestant"].endswith("_compiled") for r in results["rows"])
     scope = results["config"].get("compile_scope", "model")  # files from before the option compiled whole models
     if compiled_rows and _compiles_blocks(scope, results["config"].get("checkpoint_activations", False)):
-        text += ["compiled contestants compile block by block (--compile-scope blocks)", ""]
+        text += [f"compiled contestants compile block by block (--compile-scope {scope})", ""]
     text += [format_table(["mode", "res", *keys], table), ""]
     names = list(dict.fromkeys(r["contestant"] for r in results["rows"]))
     index = {(r["resolution"], r["mode"], r["contestant"]): r for r in results["rows"]}
