@@ -19,7 +19,8 @@
 #   block by block, 2 warm-up steps; ~20 min; compiled as one graph, --compile-scope model, it passed 23 GiB in its
 #   first step on the 23.5 GiB machine: checkpointing saves far less there, see GENERATION.md),
 #   dit128-compiled-checkpointed-b16 (S/2 training at latent 128, batch 16, checkpointed, compiled block by block
-#   against the same; ~20 min), dit-base64-both (B/2 guided sampling at
+#   against the same; ~20 min), dit-compiled-base128 (B/2 compiled guided sampling at latent 128, batch 32, one
+#   warm-up step; ~35 min), dit-base64-both (B/2 guided sampling at
 #   latent 64, batch 32, eager and compiled in one run, 3 warm-up steps: compiled graphs' allocations take
 #   several steps to settle; not in the default set: ~25 min), dit-compiled128 (S/2 compiled guided sampling at
 #   latent 128, batch 32, 3 warm-up steps; not in the default set: ~25 min).
@@ -85,12 +86,14 @@ for part in $only; do
       bench cpu_dit_base_64_b32_train_compiled_checkpointed --task generation --model base --resolutions 64 --base-batch 32 --modes train --checkpoint-activations --compile on --rounds 1 --warmup 2 ;;
     dit128-compiled-checkpointed-b16)  # S/2 training at latent 128, batch 16, both checkpointed, compiled block by block
       bench cpu_dit_small_128_b16_train_compiled_checkpointed --task generation --model small --resolutions 128 --base-batch 16 --modes train --checkpoint-activations --compile on --rounds 1 --warmup 2 ;;
+    dit-compiled-base128)  # B/2 compiled guided sampling at latent 128, batch 32 (its training step does not fit in 24 GiB)
+      bench cpu_dit_base_128_b32_compiled --task generation --model base --resolutions 128 --base-batch 32 --modes inference --compile on --rounds 1 --warmup 1 ;;
     dit-base64-both)  # eager and compiled sampling side by side: which is faster once every allocation has settled
       bench cpu_dit_base_64_b32_eager_and_compiled --task generation --model base --resolutions 64 --base-batch 32 --modes inference --compile both --rounds 2 --warmup 3 ;;
     dit-compiled128)  # compiled S/2 guided sampling at latent 128 with its allocations settled (3 warm-up steps; ~25 min)
       bench cpu_dit_small_128_b32_compiled_settled --task generation --model small --resolutions 128 --base-batch 32 --modes inference --compile on --rounds 1 --warmup 3 ;;
     dit128-checkpointed)
       bench cpu_dit_small_128_b32_train_checkpointed --task generation --model small --resolutions 128 --base-batch 32 --modes train --checkpoint-activations --rounds 1 --warmup 0 --system-malloc ;;
-    *) echo "unknown part $part (cls cls-onednn compiled compiled-onednn normalized dit dit-compiled dit-compiled64 dit-compiled-large dit128 dit-base64 dit-base128 dit-checkpointed dit128-checkpointed dit128-checkpointed-b16 dit-base64-compiled-checkpointed dit128-compiled-checkpointed-b16 dit-base64-both dit-compiled128)" >&2; exit 2 ;;
+    *) echo "unknown part $part (cls cls-onednn compiled compiled-onednn normalized dit dit-compiled dit-compiled64 dit-compiled-large dit128 dit-base64 dit-base128 dit-checkpointed dit128-checkpointed dit128-checkpointed-b16 dit-base64-compiled-checkpointed dit128-compiled-checkpointed-b16 dit-compiled-base128 dit-base64-both dit-compiled128)" >&2; exit 2 ;;
   esac
 done
