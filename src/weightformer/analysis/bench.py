@@ -48,6 +48,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from .. import kernels
 from ..models import MODEL_CONFIGS, compile_blocks, set_grad_checkpointing
+from ..models.compilation import COMPILE_SCOPES, resolve_compile_scope
 from .summary import DEIT_OF_WIDTH, format_table, macs_per_image
 
 __all__ = ["BenchConfig", "DEIT_OF", "DIT_OF", "run_bench", "use_onednn_linears", "format_results", "plot_results",
@@ -121,11 +122,7 @@ class BenchConfig:
 
     def compiles_blocks(self) -> bool:
         """Whether compiled contestants compile block by block (`compile_scope`, "auto" resolved)."""
-        return _compiles_blocks(self.compile_scope, self.checkpoint_activations)
-
-
-def _compiles_blocks(scope: str, checkpoint_activations: bool) -> bool:
-    return scope == "blocks" or (scope == "auto" and checkpoint_activations)
+        return resolve_compile_scope(self.compile_scope, self.checkpoint_activations) == "blocks"
 
 
 def load_average() -> list[float] | None:
@@ -384,20 +381,20 @@ def _dit_contestants(cfg: BenchConfig, resolution: int, mode: str, latents, labe
     from ..models import create_model
 
     out = []
-    wraps = [("", None, False)] * (cfg.compile_mode in ("off", "both"))
-    wraps += [("_compiled", None if cfg.compiles_blocks() else torch.compile, cfg.compiles_blocks())] * (
-        cfg.compile_mode in ("on", "both"))
-    names = [("wfm_ref", cfg.model, True, None, False)] if cfg.include_reference else []
-    for suffix, wrap, by_block in wraps:
-        names += [("wfm" + suffix, cfg.model, False, wrap, by_block),
-                  ("dit" + suffix, DIT_OF[cfg.model], False, wrap, by_block)]
-    for name, model_name, reference, wrap, by_block in names:
+    suffixes = [""] * (cfg.compile_mode in ("off", "both")) + ["_compiled"] * (cfg.compile_mode in ("on", "both"))
+    names = [("wfm_ref", cfg.model, True)] if cfg.include_reference else []
+    for suffix in suffixes:
+        names += [("wfm" + suffix, cfg.model, False), ("dit" + suffix, DIT_OF[cfg.model], False)]
+    for name, model_name, reference in names:
         model = create_model(model_name, input_size=resolution, num_classes=cfg.num_classes, **cfg.model_kwargs)
         if cfg.checkpoint_activations:
             set_grad_checkpointing(model)
         model = model.to(cfg.device)
-        if by_block:
-            compile_blocks(model)
+        wrap = None
+        if name.endswith("_compiled") and cfg.compiles_blocks():
+            compile_blocks(model)  # in place: the step calls the model as it is
+        elif name.endswith("_compiled"):
+            wrap = torch.compile  # applied by the step to what it calls
         step = _make_dit_step(model, mode, latents, labels, cfg.device, reference, wrap)
         out.append(_Contestant(name, step))
     return out
@@ -515,7 +512,7 @@ def prepare(cfg: BenchConfig) -> None:
     _check_models(cfg)
     if cfg.compile_mode not in ("off", "on", "both"):
         raise ValueError(f"compile_mode must be 'off', 'on' or 'both', got {cfg.compile_mode!r}.")
-    if cfg.compile_scope not in ("auto", "model", "blocks"):
+    if cfg.compile_scope not in COMPILE_SCOPES:
         raise ValueError(f"compile_scope must be 'auto', 'model' or 'blocks', got {cfg.compile_scope!r}.")
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but CUDA is not available.")
@@ -592,7 +589,8 @@ def format_results(results: dict[str, Any]) -> str:
         text += ["every contestant trains with activation checkpointing (--checkpoint-activations)", ""]
     compiled_rows = any(r["contestant"].endswith("_compiled") for r in results["rows"])
     scope = results["config"].get("compile_scope", "model")  # files from before the option compiled whole models
-    if compiled_rows and _compiles_blocks(scope, results["config"].get("checkpoint_activations", False)):
+    checkpointed = results["config"].get("checkpoint_activations", False)
+    if compiled_rows and resolve_compile_scope(scope, checkpointed) == "blocks":
         text += [f"compiled contestants compile block by block (--compile-scope {scope})", ""]
     text += [format_table(["mode", "res", *keys], table), ""]
     names = list(dict.fromkeys(r["contestant"] for r in results["rows"]))

@@ -12,6 +12,7 @@ from pathlib import Path
 from ..analysis.bench import MODES, BenchConfig, format_results, plot_results, run_bench
 from ..analysis.checkpointing import format_checkpointing_results, run_checkpointing_bench
 from ..engine.distributed import resolve_device
+from ..models.compilation import COMPILE_SCOPES
 from .options import add_device, add_output, add_system_malloc
 
 _VARIANTS = {"tiny": "weightformer_tiny", "small": "weightformer_small",
@@ -47,18 +48,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--base-batch", type=int, help="batch size at 224x224 (default 16 on CPU, 256 on CUDA); "
                         "generation: the batch at every latent (default 32)")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="what to time")
-    parser.add_argument(
-        "--compile",
-        dest="compile_mode",
-        choices=["off", "on", "both"],
-        help="torch.compile (default: both on CUDA, off on CPU)",
-    )
-    parser.add_argument(
-        "--compile-scope", choices=["auto", "model", "blocks"], default="auto",
-        help="what the compiled contestants compile: the whole model as one graph, or each block on its own (the "
-        "one way compiled training keeps activation checkpointing's saving); auto: blocks with "
-        "--checkpoint-activations, else model",
-    )
+    _add_compile_options(parser)
     parser.add_argument("--no-reference", action="store_true", help="skip WeightFormer's reference path")
     parser.add_argument(
         "--baseline-onednn", action="store_true",
@@ -84,6 +74,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--modes, --compile and --no-reference do not apply; default --rounds 3 on CPU); writes PREFIX.json only",
     )
     parser.set_defaults(func=run)
+
+
+def _add_compile_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--compile",
+        dest="compile_mode",
+        choices=["off", "on", "both"],
+        help="torch.compile (default: both on CUDA, off on CPU)",
+    )
+    parser.add_argument(
+        "--compile-scope", choices=list(COMPILE_SCOPES), default="auto",
+        help="what the compiled contestants compile: the whole model as one graph, or each block on its own (the "
+        "one way compiled training keeps activation checkpointing's saving); auto: blocks with "
+        "--checkpoint-activations, else model",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

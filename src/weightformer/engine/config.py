@@ -37,6 +37,7 @@ from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from ..models.compilation import COMPILE_SCOPES
 from .loggers import TRACKERS
 
 __all__ = ["EngineConfig", "Rule", "setting", "free", "is_free", "check_value", "field_checks", "load_config",
@@ -265,7 +266,7 @@ class EngineConfig:
     compile_backend: str = free("inductor")  # torch.compile's backend ("inductor", "aot_eager", ...)
     # What compile compiles: "model" (one graph, torch.compile(model)), "blocks" (each block on its own,
     # models.compile_blocks: keeps grad_checkpointing's memory saving), "auto" (blocks with grad_checkpointing)
-    compile_scope: str = free("auto", choices=("auto", "model", "blocks"))
+    compile_scope: str = free("auto", choices=COMPILE_SCOPES)
     workers: int = free(8, ge=0)
     pin_memory: bool = free(True)
 

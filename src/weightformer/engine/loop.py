@@ -40,7 +40,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .. import kernels
 from ..models import compile_blocks, set_grad_checkpointing
-from ..models.compilation import block_containers
+from ..models.compilation import block_containers, resolve_compile_scope
 from .config import EngineConfig
 from .data import Collated, EpochSampler, StreamDataset, make_loader, warn_skipped
 from .distributed import Dist, all_reduce_sum, check_in_sync, gather_objects, setup_distributed, teardown_distributed
@@ -241,9 +241,7 @@ class Engine:
         (`compile_scope`; "auto": blocks with grad_checkpointing, whose saving a whole-model graph mostly loses,
         where the model has blocks)."""
         cfg = self.cfg
-        scope = cfg.compile_scope
-        if scope == "auto":
-            scope = "blocks" if cfg.grad_checkpointing and block_containers(self.model) else "model"
+        scope = resolve_compile_scope(cfg.compile_scope, cfg.grad_checkpointing, bool(block_containers(self.model)))
         if scope == "blocks":  # in place: the model (and DDP around it) is unchanged, its blocks run compiled
             compile_blocks(self.model, backend=cfg.compile_backend)
             return

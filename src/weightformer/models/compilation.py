@@ -16,7 +16,17 @@ from typing import Any
 
 import torch.nn as nn
 
-__all__ = ["compile_blocks", "block_containers"]
+__all__ = ["compile_blocks", "block_containers", "COMPILE_SCOPES", "resolve_compile_scope"]
+
+COMPILE_SCOPES = ("auto", "model", "blocks")
+
+
+def resolve_compile_scope(scope: str, grad_checkpointing: bool, has_blocks: bool = True) -> str:
+    """"model" or "blocks" for a `compile_scope` of `COMPILE_SCOPES`: "auto" is "blocks" where checkpointing is on
+    and the model has blocks (compiled as one graph, checkpointing would lose most of its saving), else "model"."""
+    if scope == "auto":
+        return "blocks" if grad_checkpointing and has_blocks else "model"
+    return scope
 
 
 def block_containers(model: nn.Module) -> list[tuple[str, nn.Module]]:
