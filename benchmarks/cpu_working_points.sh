@@ -24,6 +24,11 @@
 #   latent 64, batch 32, eager and compiled in one run, 3 warm-up steps: compiled graphs' allocations take
 #   several steps to settle; not in the default set: ~25 min), dit-compiled128 (S/2 compiled guided sampling at
 #   latent 128, batch 32, 3 warm-up steps; not in the default set: ~25 min).
+#   dit128-checkpointed-huge (S/2 training at latent 128, batch 32, both checkpointed, on glibc's malloc defaults
+#   with malloc on transparent huge pages, GLIBC_TUNABLES=glibc.malloc.hugetlb=1: the dit128-checkpointed point
+#   with 1/512 of its page faults; ~15 min), dit-base128-checkpointed-b16-huge (B/2 training at latent 128, batch
+#   16, the same way: the last training point; batch 32's tensors alone would fill this 24 GiB machine; ~20 min).
+# HUGE_PAGES=1 runs every part with malloc on transparent huge pages (weightformer.kernels.huge_pages).
 # EXTRA="--system-malloc" adds arguments to every command (that one: glibc's malloc defaults instead of keeping
 # freed memory for reuse, see weightformer.kernels.reuse_freed_cpu_memory).
 # Each command writes OUTDIR/NAME.{json,png} (every timed round, the machine, the command) and prints its table;
@@ -33,6 +38,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-benchmarks}"
 only="${ONLY:-cls cls-onednn compiled compiled-onednn normalized dit}"
+if [ "${HUGE_PAGES:-0}" = 1 ]; then export GLIBC_TUNABLES="${GLIBC_TUNABLES:+$GLIBC_TUNABLES:}glibc.malloc.hugetlb=1"; fi
+huge_pages() {  # COMMAND...: run it with malloc on transparent huge pages (read by glibc >= 2.35 at process start)
+  GLIBC_TUNABLES="${GLIBC_TUNABLES:+$GLIBC_TUNABLES:}glibc.malloc.hugetlb=1" "$@"
+}
 mkdir -p "$out"
 log="$out/cpu_working_points.txt"
 : > "$log"
@@ -94,6 +103,10 @@ for part in $only; do
       bench cpu_dit_small_128_b32_compiled_settled --task generation --model small --resolutions 128 --base-batch 32 --modes inference --compile on --rounds 1 --warmup 3 ;;
     dit128-checkpointed)
       bench cpu_dit_small_128_b32_train_checkpointed --task generation --model small --resolutions 128 --base-batch 32 --modes train --checkpoint-activations --rounds 1 --warmup 0 --system-malloc ;;
-    *) echo "unknown part $part (cls cls-onednn compiled compiled-onednn normalized dit dit-compiled dit-compiled64 dit-compiled-large dit128 dit-base64 dit-base128 dit-checkpointed dit128-checkpointed dit128-checkpointed-b16 dit-base64-compiled-checkpointed dit128-compiled-checkpointed-b16 dit-compiled-base128 dit-base64-both dit-compiled128)" >&2; exit 2 ;;
+    dit128-checkpointed-huge)  # the point above with malloc on huge pages: 512 times fewer page faults
+      huge_pages bench cpu_dit_small_128_b32_train_checkpointed_huge_pages --task generation --model small --resolutions 128 --base-batch 32 --modes train --checkpoint-activations --rounds 1 --warmup 0 --system-malloc ;;
+    dit-base128-checkpointed-b16-huge)  # B/2 training at latent 128: batch 16, checkpointed, glibc defaults on huge pages
+      huge_pages bench cpu_dit_base_128_b16_train_checkpointed_huge_pages --task generation --model base --resolutions 128 --base-batch 16 --modes train --checkpoint-activations --rounds 1 --warmup 0 --system-malloc ;;
+    *) echo "unknown part $part (cls cls-onednn compiled compiled-onednn normalized dit dit-compiled dit-compiled64 dit-compiled-large dit128 dit-base64 dit-base128 dit-checkpointed dit128-checkpointed dit128-checkpointed-b16 dit-base64-compiled-checkpointed dit128-compiled-checkpointed-b16 dit-compiled-base128 dit-base64-both dit-compiled128 dit128-checkpointed-huge dit-base128-checkpointed-b16-huge)" >&2; exit 2 ;;
   esac
 done

@@ -300,6 +300,14 @@ def test_environment_names_the_machine_and_its_load():
     assert env["commit"] is None or len(env["commit"].removesuffix("-dirty")) == 40
     line = describe_environment(env)
     assert line.startswith("machine: " + env["cpu"]) and "load 1.50 -> " in line and f"torch {env['torch']}" in line
+    from weightformer.kernels import huge_pages
+
+    assert env["huge_pages"] == huge_pages()
+    pages = dict(env["huge_pages"], in_effect=True, transparent_huge_pages="madvise", malloc_hugetlb="1")
+    assert "malloc on huge pages: yes (THP madvise, glibc.malloc.hugetlb 1)" in describe_environment(
+        dict(env, huge_pages=pages))
+    assert "malloc on huge pages: no (THP never" in describe_environment(
+        dict(env, huge_pages=dict(pages, in_effect=False, transparent_huge_pages="never")))
 
 
 @pytest.mark.slow

@@ -135,8 +135,9 @@ def environment(device: str, load_at_start: list[float] | None = None) -> dict[s
 
     CPU model, physical and logical cores, the threads torch uses, memory, Python / torch / timm / triton
     versions, the device (the GPU's name, memory and CUDA version on CUDA), the git commit of this package's
-    checkout (with "-dirty" when it has uncommitted changes), and the load average at the start (`load_at_start`,
-    from `load_average()`) and now: on a shared CPU the load says how far the timings can be trusted.
+    checkout (with "-dirty" when it has uncommitted changes), the load average at the start (`load_at_start`,
+    from `load_average()`) and now (on a shared CPU the load says how far the timings can be trusted), and the CPU
+    memory settings: freed memory reused, malloc on transparent huge pages (`kernels.huge_pages()`).
     """
     info: dict[str, Any] = {
         "cpu": _cpu_name(),
@@ -152,6 +153,7 @@ def environment(device: str, load_at_start: list[float] | None = None) -> dict[s
         "load_average_at_start": load_at_start,
         "load_average_at_end": load_average(),
         "cpu_memory_reused": kernels.freed_cpu_memory_reused(),  # kernels.reuse_freed_cpu_memory
+        "huge_pages": kernels.huge_pages(),  # malloc's memory on transparent huge pages (kernels.allocator)
     }
     try:
         import triton as _triton
@@ -179,6 +181,14 @@ def describe_environment(env: dict[str, Any]) -> str:
     parts.append(f"commit {env.get('commit') or 'unknown'}")
     if "cpu_memory_reused" in env:
         parts.append("freed CPU memory reused" if env["cpu_memory_reused"] else "C library's malloc defaults")
+    if env.get("huge_pages"):
+        pages = env["huge_pages"]
+        mode = f"THP {pages.get('transparent_huge_pages')}"
+        if "in_effect" not in pages:  # a record of the kernel's mode only (each of its rows says the rest)
+            parts.append(mode)
+        else:
+            parts.append(f"malloc on huge pages: {'yes' if pages['in_effect'] else 'no'} "
+                         f"({mode}, glibc.malloc.hugetlb {pages.get('malloc_hugetlb')})")
     start, end = env.get("load_average_at_start"), env.get("load_average_at_end")
     if start or end:
         fmt = lambda load: "?" if not load else f"{load[0]:.2f}"  # noqa: E731

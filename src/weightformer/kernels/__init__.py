@@ -21,7 +21,8 @@ the fast path computes the same function (tests hold it to the reference) with f
 
 Not a kernel but the same purpose: `reuse_freed_cpu_memory()` (`allocator`) keeps freed CPU memory in the process
 (glibc's malloc), so large activations are not page-faulted in afresh every step; `weightformer bench`, `profile`
-and CPU training turn it on.
+and CPU training turn it on. `huge_pages()` says whether malloc's memory gets 2 MiB transparent huge pages (glibc's
+tunable `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`, set before the process starts), which cut the faults that remain.
 
 Switch to the reference path with `use_reference()` (a context manager, or `use_reference(True)` globally) or
 the environment variable WEIGHTFORMER_REFERENCE=1; `weightformer bench` runs both side by side. The reference
@@ -43,7 +44,14 @@ except ImportError:
     except ImportError:  # no way to tell
         _is_fx_tracing = None
 
-from .allocator import freed_cpu_memory_reused, release_freed_cpu_memory, reuse_freed_cpu_memory
+from .allocator import (
+    HUGE_PAGES_TUNABLE,
+    freed_cpu_memory_reused,
+    huge_pages,
+    release_freed_cpu_memory,
+    reuse_freed_cpu_memory,
+    with_huge_pages,
+)
 from .conv import compiling_for_cpu, conv2d
 from .dwconv import depthwise_conv_torch
 from .dynamic_linear import (
@@ -106,6 +114,9 @@ __all__ = [
     "reuse_freed_cpu_memory",
     "freed_cpu_memory_reused",
     "release_freed_cpu_memory",
+    "huge_pages",
+    "with_huge_pages",
+    "HUGE_PAGES_TUNABLE",
 ]
 
 
