@@ -27,7 +27,7 @@ It prints a table and writes OUT.json:
     python benchmarks/cpu_heap_fragmentation.py --latents 32 --batch 8 --compile --compile-scope blocks \
         --out benchmarks/cpu_heap_fragmentation_compiled_blocks
     python benchmarks/cpu_heap_fragmentation.py --latents 128 --batch 8 --checkpointing on --huge-pages both \
-        --out benchmarks/cpu_heap_fragmentation_huge_pages
+        --out /tmp/heap_huge_pages  (not run at full size yet)
 """
 
 from __future__ import annotations

@@ -260,7 +260,8 @@ class EngineConfig:
     threads: int = free(0, ge=0)  # CPU only: torch's intra-op threads; 0: the cores left over by the data workers
     # CPU only: keep freed memory in the process for reuse (kernels.reuse_freed_cpu_memory), no page faults on
     # large activations every step; False: the C library's malloc defaults (less resident memory where the heap
-    # fragments: grad_checkpointing at large activations, see kernels/allocator.py)
+    # fragments: grad_checkpointing at large activations, see kernels/allocator.py). Either way, starting the run
+    # with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 puts malloc's memory on huge pages (kernels.huge_pages): fewer faults
     reuse_cpu_memory: bool = free(True)
     compile: bool = free(False)  # torch.compile the model for training
     compile_backend: str = free("inductor")  # torch.compile's backend ("inductor", "aot_eager", ...)
