@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 
@@ -93,9 +92,8 @@ def _run_case(args: argparse.Namespace, latent: int, checkpointed: bool, reuse: 
     """One case in a fresh process: its measurements as a row, printed."""
     argv_case = [args.model, latent, args.batch, int(checkpointed), int(reuse), args.threads, int(args.compile),
                  args.compile_scope]
-    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
     done = subprocess.run([sys.executable, "-c", CASE, *map(str, argv_case)], capture_output=True, text=True,
-                          env=with_huge_pages(env) if huge else env)
+                          env=with_huge_pages(enabled=huge))
     if done.returncode:
         raise SystemExit(f"case {argv_case} failed:\n{done.stderr[-2000:]}")
     measured = json.loads(done.stdout.strip().splitlines()[-1])

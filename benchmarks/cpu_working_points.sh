@@ -38,10 +38,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-benchmarks}"
 only="${ONLY:-cls cls-onednn compiled compiled-onednn normalized dit}"
-if [ "${HUGE_PAGES:-0}" = 1 ]; then export GLIBC_TUNABLES="${GLIBC_TUNABLES:+$GLIBC_TUNABLES:}glibc.malloc.hugetlb=1"; fi
-huge_pages() {  # COMMAND...: run it with malloc on transparent huge pages (read by glibc >= 2.35 at process start)
-  GLIBC_TUNABLES="${GLIBC_TUNABLES:+$GLIBC_TUNABLES:}glibc.malloc.hugetlb=1" "$@"
-}
+# glibc >= 2.35 reads it at process start: malloc's memory on transparent huge pages
+huge_tunables="${GLIBC_TUNABLES:+$GLIBC_TUNABLES:}glibc.malloc.hugetlb=1"
+if [ "${HUGE_PAGES:-0}" = 1 ]; then export GLIBC_TUNABLES="$huge_tunables"; fi
+huge_pages() { GLIBC_TUNABLES="$huge_tunables" "$@"; }  # COMMAND...: run it with malloc on huge pages
 mkdir -p "$out"
 log="$out/cpu_working_points.txt"
 : > "$log"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -14,8 +13,8 @@ from weightformer.kernels.allocator import _glibc, _glibc_version, _thp_mode, _t
 
 
 def _small_pages_env() -> dict[str, str]:
-    """This environment without glibc tunables: malloc on 4 KiB pages unless the kernel's THP mode is "always"."""
-    return {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    """This environment without the huge-page tunable: malloc on 4 KiB pages unless THP mode is "always"."""
+    return with_huge_pages(enabled=False)
 
 # Page faults taken while allocating, writing and freeing a tensor of `floats` values `times` times.
 _CHURN = textwrap.dedent(
@@ -99,6 +98,9 @@ def test_tunables_parse_and_merge_with_the_last_setting_winning():
     assert env["X"] == "y" and _tunable(env["GLIBC_TUNABLES"], "glibc.malloc.hugetlb") == "1"
     assert env["GLIBC_TUNABLES"].startswith("glibc.malloc.arena_max=2:")
     assert with_huge_pages({})["GLIBC_TUNABLES"] == HUGE_PAGES_TUNABLE
+    env = with_huge_pages({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1:glibc.malloc.arena_max=2"}, enabled=False)
+    assert env["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2"
+    assert "GLIBC_TUNABLES" not in with_huge_pages({"GLIBC_TUNABLES": HUGE_PAGES_TUNABLE, "X": "y"}, enabled=False)
 
 
 def test_thp_mode_is_the_bracketed_word(tmp_path):

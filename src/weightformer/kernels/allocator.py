@@ -165,13 +165,20 @@ def huge_pages(environ: dict[str, str] | None = None) -> dict[str, str | bool | 
     }
 
 
-def with_huge_pages(environ: dict[str, str] | None = None) -> dict[str, str]:
-    """A copy of `environ` (default os.environ) for a child process whose malloc asks for huge pages.
+def with_huge_pages(environ: dict[str, str] | None = None, enabled: bool = True) -> dict[str, str]:
+    """A copy of `environ` (default os.environ) for a child process whose malloc asks for huge pages (or not).
 
-    Adds `HUGE_PAGES_TUNABLE` to `GLIBC_TUNABLES`, keeping the tunables already there (the last setting of a
-    name wins, so an earlier `glibc.malloc.hugetlb` is overridden). The tunable is read at process start: use it
-    for `subprocess` or `os.execve`, or set it in the shell (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1 weightformer ...`).
+    Enabled: adds `HUGE_PAGES_TUNABLE` to `GLIBC_TUNABLES` (the last setting of a name wins, so an earlier
+    `glibc.malloc.hugetlb` is overridden). Not enabled: removes every `glibc.malloc.hugetlb` setting, and the
+    variable where nothing else is left. Other tunables stay either way. The tunable is read at process start: use
+    it for `subprocess` or `os.execve`, or set it in the shell (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1 weightformer`).
     """
     env = dict(os.environ if environ is None else environ)
-    env["GLIBC_TUNABLES"] = ":".join(filter(None, [env.get("GLIBC_TUNABLES", ""), HUGE_PAGES_TUNABLE]))
+    kept = [item for item in env.get("GLIBC_TUNABLES", "").split(":")
+            if item and item.partition("=")[0].strip() != "glibc.malloc.hugetlb"]
+    tunables = ":".join([*kept, HUGE_PAGES_TUNABLE] if enabled else kept)
+    if tunables:
+        env["GLIBC_TUNABLES"] = tunables
+    else:
+        env.pop("GLIBC_TUNABLES", None)
     return env
